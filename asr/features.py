@@ -1,0 +1,165 @@
+"""Waveform -> log-mel frames -> global mean/variance normalisation -> SpecAugment.
+
+These modules live *inside* the model so that training and inference can never compute features
+differently (a pretrained kospeech model gave gibberish for that reason, kospeech#69). They always
+run in fp32: the caller disables autocast around them (espnet#1836, speechbrain#1803).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    sample_rate: int = 16000  # audio is resampled to this rate before the model sees it
+    num_mel_bins: int = 80
+    frame_length_ms: float = 25.0  # analysis window; the FFT size is the next power of two
+    frame_shift_ms: float = 10.0
+    f_min: float = 20.0
+    f_max: float | None = None  # None: the Nyquist frequency; 4000 makes 8 kHz and 16 kHz audio look alike
+    log_floor: float = 1e-6  # added to mel energies before the log, about -90 dB below full-scale speech
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment (Park et al. 2019) without time warping; applied in training only."""
+
+    num_freq_masks: int = 2
+    max_freq_width: int = 15  # mel bins
+    num_time_masks: int = 2
+    max_time_width: int = 40  # frames
+    max_time_ratio: float = 0.1  # a time mask covers at most this share of its utterance
+
+
+def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+    """(B,) lengths -> (B, T) bool, True on valid positions."""
+    max_length = int(lengths.max()) if max_length is None else max_length
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class LogMelFeatures(nn.Module):
+    """Log-mel filterbank frames that depend only on each utterance's own samples.
+
+    Frames are not centred (no reflection padding), so frame `t` reads samples
+    `[t * hop, t * hop + n_fft)` and a shorter utterance in a padded batch gets exactly the frames
+    it gets alone: `num_frames = 1 + (num_samples - n_fft) // hop`, at least 1 (a clip shorter than
+    one FFT is zero-padded to it).
+    """
+
+    def __init__(self, config: FeatureConfig):
+        super().__init__()
+        self.config = config
+        self.win_length = round(config.sample_rate * config.frame_length_ms / 1000)
+        self.hop_length = round(config.sample_rate * config.frame_shift_ms / 1000)
+        self.n_fft = 2 ** math.ceil(math.log2(self.win_length))
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate,
+            n_fft=self.n_fft,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            f_min=config.f_min,
+            f_max=config.f_max,
+            n_mels=config.num_mel_bins,
+            center=False,
+            power=2.0,
+        )
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return torch.clamp((num_samples - self.n_fft) // self.hop_length + 1, min=1)
+
+    def forward(self, waves: torch.Tensor, wave_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        waves : torch.Tensor, shape = (batch, samples), float, zero beyond `wave_lens`
+        returns feats (batch, frames, num_mel_bins) float32 and feat_lens (batch,)
+        """
+        waves = waves.float() * sequence_mask(wave_lens, waves.shape[1])
+        if waves.shape[1] < self.n_fft:
+            waves = nn.functional.pad(waves, (0, self.n_fft - waves.shape[1]))
+        mel = self.mel(waves)  # (B, F, T)
+        feats = torch.log(mel + self.config.log_floor).transpose(1, 2)  # (B, T, F)
+        return feats, self.num_frames(wave_lens)
+
+
+class GlobalNormalization(nn.Module):
+    """Subtract the training-data mean and divide by its standard deviation, per mel bin.
+
+    The statistics are buffers, so they are saved with the model's weights.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-5))
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        normalised = (feats - self.mean) / self.std
+        return normalised * sequence_mask(feat_lens, feats.shape[1])[..., None]
+
+
+class FeatureStatistics:
+    """Running per-bin sums (in float64) over the valid frames of many batches."""
+
+    def __init__(self):
+        self.count = 0
+        self.total = None
+        self.total_squares = None
+
+    def update(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> None:
+        valid = feats[sequence_mask(feat_lens, feats.shape[1])].double()  # (frames, F)
+        if self.total is None:
+            self.total = torch.zeros(feats.shape[-1], dtype=torch.float64)
+            self.total_squares = torch.zeros_like(self.total)
+        self.count += valid.shape[0]
+        self.total += valid.sum(0).cpu()
+        self.total_squares += valid.square().sum(0).cpu()
+
+    def mean_and_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.count:
+            raise ValueError("no frames were accumulated")
+        mean = self.total / self.count
+        variance = (self.total_squares / self.count - mean.square()).clamp_min(0.0)
+        return mean.float(), variance.sqrt().float()
+
+
+class SpecAugment(nn.Module):
+    """Random frequency and time masks, drawn per utterance and kept inside its valid frames.
+
+    Masked values are set to 0, which after global normalisation is the training mean.
+    """
+
+    def __init__(self, config: SpecAugmentConfig):
+        super().__init__()
+        self.config = config
+
+    def _band_mask(self, size: int, max_width: torch.Tensor, num_masks: int, lengths: torch.Tensor):
+        """(B,) limits -> (B, size) bool mask of `num_masks` random bands per row."""
+        positions = torch.arange(size, device=lengths.device)[None, :]
+        mask = torch.zeros(lengths.shape[0], size, dtype=torch.bool, device=lengths.device)
+        for _ in range(num_masks):
+            width = (torch.rand_like(lengths, dtype=torch.float) * (max_width + 1)).long()
+            start = (torch.rand_like(lengths, dtype=torch.float) * (lengths - width + 1).clamp_min(1)).long()
+            mask |= (positions >= start[:, None]) & (positions < (start + width)[:, None])
+        return mask
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return feats
+        batch, frames, bins = feats.shape
+        config = self.config
+        bins_per_row = torch.full_like(feat_lens, bins)
+        freq_mask = self._band_mask(bins, torch.full_like(feat_lens, config.max_freq_width).clamp_max(bins),
+                                    config.num_freq_masks, bins_per_row)
+        time_limit = torch.minimum((feat_lens * config.max_time_ratio).long(),
+                                   torch.full_like(feat_lens, config.max_time_width))
+        time_mask = self._band_mask(frames, time_limit, config.num_time_masks, feat_lens)
+        mask = freq_mask[:, None, :] | time_mask[:, :, None]  # (B, T, F)
+        return feats.masked_fill(mask, 0.0)

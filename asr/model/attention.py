@@ -1,0 +1,148 @@
+"""Attention over the listener's frames: scaled dot-product, additive and location-aware.
+
+All three share one stateless interface, so the decoder and the search never know which is used:
+
+    keys = attention.prepare(memory)                       # once per utterance
+    context, weights = attention(query, keys, memory, mask, previous_weights)
+
+Anything that changes from step to step (the previous weights for location-awareness) is passed
+in and returned, never kept on the module (ESPnet's attention modules keep state between calls,
+which makes batched beam search error-prone).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    type: str = "location"  # "dot" (scaled dot-product), "additive" (Bahdanau) or "location" (Chorowski)
+    attention_dim: int = 128  # size of the query/key projections
+    num_heads: int = 1  # dot-product only: heads split attention_dim and each attends over the frames
+    location_channels: int = 10  # location-aware only: convolution channels over the previous weights
+    location_kernel_size: int = 31  # location-aware only: odd, frames seen around each position
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis with padded positions (mask False) set to exactly zero."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+class Attention(nn.Module):
+    """The interface. `memory` is the listener output (B, T, E); `mask` (B, T) is True on valid frames."""
+
+    def prepare(self, memory: torch.Tensor) -> torch.Tensor:
+        """Encoder-side projection, computed once per utterance: (B, T, E) -> (B, T, attention_dim)."""
+        raise NotImplementedError
+
+    def forward(self, query, keys, memory, mask, previous_weights):
+        """
+        query : (B, Q) decoder state; keys : from `prepare`; memory : (B, T, E);
+        mask : (B, T) bool; previous_weights : (B, T), the last step's weights (used by location).
+        returns context (B, E) and weights (B, T), which sum to one over valid frames.
+        """
+        raise NotImplementedError
+
+
+class DotProductAttention(Attention):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, with Q = W_q s, K = W_k h, V = h.
+
+    With several heads, each head scores its own slice of the projections; the context is the
+    concatenation of the heads' weighted sums of V's slices of `memory` projected back by W_o,
+    and the returned weights are the heads' mean (for plots and location features).
+    """
+
+    def __init__(self, query_dim: int, memory_dim: int, attention_dim: int, num_heads: int = 1):
+        super().__init__()
+        if attention_dim % num_heads:
+            raise ValueError(f"attention_dim {attention_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.query_projection = nn.Linear(query_dim, attention_dim)
+        self.key_projection = nn.Linear(memory_dim, attention_dim)
+        if num_heads > 1:
+            if memory_dim % num_heads:
+                raise ValueError(f"memory_dim {memory_dim} is not divisible by num_heads {num_heads}")
+            self.value_projection = nn.Linear(memory_dim, memory_dim)
+            self.output_projection = nn.Linear(memory_dim, memory_dim)
+
+    def prepare(self, memory):
+        keys = self.key_projection(memory)
+        if self.num_heads > 1:
+            # keys and projected values side by side, so the interface stays one tensor
+            keys = torch.cat([keys, self.value_projection(memory)], dim=-1)
+        return keys
+
+    def forward(self, query, keys, memory, mask, previous_weights):
+        if self.num_heads == 1:
+            q = self.query_projection(query)  # (B, A)
+            scores = torch.einsum("ba,bta->bt", q, keys) / math.sqrt(q.shape[-1])
+            weights = masked_softmax(scores, mask)
+            return torch.einsum("bt,bte->be", weights, memory), weights
+        batch, frames, _ = memory.shape
+        heads = self.num_heads
+        attention_dim = self.query_projection.out_features
+        # (B, A) -> (B, heads, A/heads); keys (B, T, A + E) -> per-head keys and values
+        q = self.query_projection(query).view(batch, heads, -1)
+        k = keys[..., :attention_dim].view(batch, frames, heads, -1)
+        v = keys[..., attention_dim:].view(batch, frames, heads, -1)
+        scores = torch.einsum("bha,btha->bht", q, k) / math.sqrt(q.shape[-1])
+        head_weights = masked_softmax(scores, mask[:, None, :])  # (B, heads, T)
+        context = torch.einsum("bht,bthe->bhe", head_weights, v).reshape(batch, -1)
+        return self.output_projection(context), head_weights.mean(dim=1)
+
+
+class AdditiveAttention(Attention):
+    """e_t = v^T tanh(W_k h_t + W_q s) (Bahdanau et al. 2015)."""
+
+    def __init__(self, query_dim: int, memory_dim: int, attention_dim: int):
+        super().__init__()
+        self.query_projection = nn.Linear(query_dim, attention_dim, bias=False)
+        self.key_projection = nn.Linear(memory_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1, bias=False)
+
+    def prepare(self, memory):
+        return self.key_projection(memory)
+
+    def energies(self, query, keys, previous_weights):
+        return keys + self.query_projection(query)[:, None, :]  # (B, T, A)
+
+    def forward(self, query, keys, memory, mask, previous_weights):
+        scores = self.score(torch.tanh(self.energies(query, keys, previous_weights))).squeeze(-1)  # (B, T)
+        weights = masked_softmax(scores, mask)
+        return torch.einsum("bt,bte->be", weights, memory), weights
+
+
+class LocationAwareAttention(AdditiveAttention):
+    """e_t = v^T tanh(W_k h_t + W_q s + W_f (F * w_prev)_t) (Chorowski et al. 2015).
+
+    The convolution over the previous step's weights tells the scorer where it attended last,
+    which pushes the alignment forward monotonically and is what keeps long utterances on track.
+    """
+
+    def __init__(self, query_dim, memory_dim, attention_dim, channels: int = 10, kernel_size: int = 31):
+        super().__init__(query_dim, memory_dim, attention_dim)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"location_kernel_size must be odd, got {kernel_size}")
+        self.location_conv = nn.Conv1d(1, channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.location_projection = nn.Linear(channels, attention_dim, bias=False)
+
+    def energies(self, query, keys, previous_weights):
+        location = self.location_conv(previous_weights[:, None, :]).transpose(1, 2)  # (B, T, channels)
+        return super().energies(query, keys, previous_weights) + self.location_projection(location)
+
+
+def build_attention(config: AttentionConfig, query_dim: int, memory_dim: int) -> Attention:
+    if config.type == "dot":
+        return DotProductAttention(query_dim, memory_dim, config.attention_dim, config.num_heads)
+    if config.num_heads != 1:
+        raise ValueError(f"num_heads > 1 is only implemented for dot attention, not {config.type!r}")
+    if config.type == "additive":
+        return AdditiveAttention(query_dim, memory_dim, config.attention_dim)
+    if config.type == "location":
+        return LocationAwareAttention(
+            query_dim, memory_dim, config.attention_dim, config.location_channels, config.location_kernel_size
+        )
+    raise ValueError(f"unknown attention type {config.type!r}; expected 'dot', 'additive' or 'location'")

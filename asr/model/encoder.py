@@ -1,0 +1,120 @@
+"""The listener: BiLSTM layers, then pyramid levels that halve the frame rate.
+
+Every layer is exact under padding: an utterance encodes to the same values alone and next to a
+longer one (ESPnet's `test_padding_invariance`). Padded positions of every output are zero.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from asr.features import sequence_mask
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    input_dim: int = 80  # feature bins
+    hidden_dim: int = 256  # per direction; outputs are 2 * hidden_dim wide
+    num_layers: int = 1  # BiLSTM layers at the input frame rate
+    num_pyramid_levels: int = 3  # each one concatenates neighbouring frames: 2 ** levels time reduction
+    ctc_level: int = 2  # the CTC head reads the output after this many pyramid levels (2 = 4x)
+    dropout: float = 0.0  # between layers
+
+
+class EncoderOutput(NamedTuple):
+    output: torch.Tensor  # (B, T', 2H), T' = ceil(T / 2 ** num_pyramid_levels)
+    lengths: torch.Tensor  # (B,)
+    ctc_output: torch.Tensor  # (B, T_ctc, 2H) at the CTC level's frame rate
+    ctc_lengths: torch.Tensor  # (B,)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of `x` (B, T, D) within its own length; padded frames stay in place.
+
+    Applying it twice gives `x` back.
+    """
+    positions = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
+    last = (lengths - 1)[:, None]
+    index = torch.where(positions <= last, last - positions, positions)  # (B, T)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class BiLSTM(nn.Module):
+    """A bidirectional LSTM layer that is exact under padding and fast on CPU.
+
+    The forward direction runs over the padded batch: padding only follows the valid frames.
+    The backward direction runs over each sequence reversed within its own length, then the
+    result is reversed back. Both are plain `nn.LSTM` calls over a dense batch, which take the
+    fused oneDNN/cuDNN kernels; `pack_padded_sequence` measured about 8x slower on 2 CPU cores.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.forward_lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
+        self.backward_lstm = nn.LSTM(input_dim, hidden_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x : (B, T, D) -> (B, T, 2H), zero beyond `lengths`."""
+        forward_output, _ = self.forward_lstm(x)
+        backward_output, _ = self.backward_lstm(reverse_padded(x, lengths))
+        output = torch.cat([forward_output, reverse_padded(backward_output, lengths)], dim=-1)
+        return output * sequence_mask(lengths, x.shape[1])[..., None].to(output.dtype)
+
+
+def concatenate_neighbours(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, D) -> (B, ceil(T/2), 2D): concatenate frames 2t and 2t+1 (LAS, Chan et al. 2016).
+
+    Odd-length rule: an odd final frame is kept, paired with a zero frame, so no audio is dropped
+    and lengths become ceil(L / 2). Because padded frames are zero, an utterance gets the same
+    pairs alone as in a padded batch.
+    """
+    batch, frames, dim = x.shape
+    if frames % 2:
+        x = nn.functional.pad(x, (0, 0, 0, 1))
+    # (B, T, D) -> (B, T/2, 2D): frames 2t and 2t+1 side by side
+    return x.reshape(batch, (frames + 1) // 2, 2 * dim), (lengths + 1) // 2
+
+
+class PyramidalEncoder(nn.Module):
+    """Features (B, T, F) -> EncoderOutput with 2 ** num_pyramid_levels fewer frames."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        if not 0 <= config.ctc_level <= config.num_pyramid_levels:
+            raise ValueError(f"ctc_level must be in [0, {config.num_pyramid_levels}], got {config.ctc_level}")
+        self.config = config
+        output_dim = 2 * config.hidden_dim
+        input_dims = [config.input_dim] + [output_dim] * (config.num_layers - 1)
+        self.layers = nn.ModuleList(BiLSTM(dim, config.hidden_dim) for dim in input_dims)
+        first_pyramid_dim = 2 * (output_dim if config.num_layers else config.input_dim)
+        pyramid_dims = [first_pyramid_dim] + [2 * output_dim] * (config.num_pyramid_levels - 1)
+        self.pyramid = nn.ModuleList(BiLSTM(dim, config.hidden_dim) for dim in pyramid_dims[: config.num_pyramid_levels])
+        self.dropout = nn.Dropout(config.dropout)
+
+    @property
+    def output_dim(self) -> int:
+        return 2 * self.config.hidden_dim
+
+    @property
+    def reduction(self) -> int:
+        return 2**self.config.num_pyramid_levels
+
+    def output_lengths(self, lengths: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        levels = self.config.num_pyramid_levels if levels is None else levels
+        for _ in range(levels):
+            lengths = (lengths + 1) // 2
+        return lengths
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> EncoderOutput:
+        x, lengths = feats, feat_lens
+        for layer in self.layers:
+            x = self.dropout(layer(x, lengths))
+        ctc_output, ctc_lengths = x, lengths
+        for level, layer in enumerate(self.pyramid, start=1):
+            x, lengths = concatenate_neighbours(x, lengths)
+            x = self.dropout(layer(x, lengths))
+            if level == self.config.ctc_level:
+                ctc_output, ctc_lengths = x, lengths
+        return EncoderOutput(x, lengths, ctc_output, ctc_lengths)
