@@ -156,6 +156,7 @@ def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Ten
     Returns
     -------
     torch.Tensor, shape = (ceil(num_samples * new_rate / orig_rate),), dtype = float32
+        On the CPU (soxr runs there), whatever device `waveform` was on.
     """
     if waveform.dim() != 1:
         raise ValueError(f"expected a 1-D waveform, got shape {tuple(waveform.shape)}")

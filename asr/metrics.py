@@ -195,9 +195,8 @@ def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
         line = line.strip()
         if not line:
             continue
-        separator = "\t" if "\t" in line else None  # None: split on the first run of whitespace
-        utterance_id, *text = line.split(separator, maxsplit=1)
-        utterance_id = utterance_id.strip()
+        # Ids never hold whitespace, so the first whitespace run (tab or spaces) ends the id in both forms.
+        utterance_id, *text = line.split(maxsplit=1)
         if utterance_id in transcripts:
             raise ValueError(f"{path}:{line_number}: duplicate utterance id {utterance_id!r}")
         transcripts[utterance_id] = text[0].strip() if text else ""
@@ -239,7 +238,10 @@ def _characters(text: str) -> list[str]:
 def _normalize_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> list[tuple[str, str]]:
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    return [(normalize_text(reference), normalize_text(hypothesis)) for reference, hypothesis in zip(references, hypotheses)]
+    return [
+        (normalize_text(reference), normalize_text(hypothesis))
+        for reference, hypothesis in zip(references, hypotheses, strict=True)
+    ]
 
 
 def _count_utterances(
@@ -256,7 +258,7 @@ def _count_utterances(
     counts = [_utterance_counts(insertions=len(tokenize(hypothesis))) for _, hypothesis in normalized]
     if scored:
         output = process([normalized[i][0] for i in scored], [normalized[i][1] for i in scored])
-        for index, chunks in zip(scored, output.alignments):
+        for index, chunks in zip(scored, output.alignments, strict=True):
             counts[index] = _counts_from_chunks(chunks)
     return counts
 
@@ -277,7 +279,9 @@ def _counts_from_chunks(chunks: list[jiwer.AlignmentChunk]) -> ErrorCounts:
     )
 
 
-def _utterance_counts(substitutions: int = 0, deletions: int = 0, insertions: int = 0, hits: int = 0) -> ErrorCounts:
+def _utterance_counts(
+    substitutions: int = 0, deletions: int = 0, insertions: int = 0, hits: int = 0
+) -> ErrorCounts:
     return ErrorCounts(
         substitutions=substitutions,
         deletions=deletions,

@@ -35,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--ref", required=True, help="reference transcript file")
-    parser.add_argument("--hyp", required=True, help="hypothesis transcript file")
+    parser.add_argument("--ref", required=True, metavar="FILE", help="reference transcript file")
+    parser.add_argument("--hyp", required=True, metavar="FILE", help="hypothesis transcript file")
     parser.add_argument(
-        "--details", default=None, help="write per-utterance alignments here, most errors first"
+        "--details",
+        default=None,
+        metavar="FILE",
+        help="write per-utterance alignments here, most errors first",
     )
     parser.add_argument(
         "--missing-as-deletions",
@@ -83,13 +86,15 @@ def _read(path: str) -> dict[str, str]:
         raise _UsageError(f"{path}: {error.strerror}") from None
     except ValueError as error:
         raise _UsageError(str(error)) from None
-    if not transcripts:
-        raise _UsageError(f"{path}: no utterances")
     return transcripts
 
 
-def _paired_ids(references: dict[str, str], hypotheses: dict[str, str], args: argparse.Namespace) -> list[str]:
+def _paired_ids(
+    references: dict[str, str], hypotheses: dict[str, str], args: argparse.Namespace
+) -> list[str]:
     """Reference ids in reference order, after checking both files cover the same utterances."""
+    if not references:
+        raise _UsageError(f"{args.ref}: no utterances")
     only_in_hypotheses = [utterance_id for utterance_id in hypotheses if utterance_id not in references]
     if only_in_hypotheses:
         raise _UsageError(f"{_list_ids(only_in_hypotheses)} in {args.hyp} missing from --ref {args.ref}")
