@@ -1,0 +1,170 @@
+"""The Free Spoken Digit Dataset as connected-digit strings.
+
+FSDD holds isolated digits (`recordings/{digit}_{speaker}_{index}.wav|flac`, 8 kHz). The digits
+recipe trains on strings of 1-7 recordings of one speaker joined with random pauses, made afresh
+every epoch from the train split (take index 5-49), and is scored on fixed strings built from the
+test split (take index 0-4), written as real audio files and lhotse manifests.
+"""
+
+import logging
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import lhotse
+import numpy as np
+import soundfile
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEST_INDICES = range(0, 5)  # FSDD's official split: takes 0-4 are test, 5-49 train
+FILE_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.(wav|flac)$", re.IGNORECASE)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StringConfig:
+    """How digit strings are put together (training strings and the fixed dev/test strings)."""
+
+    min_digits: int = 1
+    max_digits: int = 7
+    min_pause: float = 0.0  # seconds of silence between digits
+    max_pause: float = 0.5
+    max_edge_silence: float = 0.3  # seconds of silence before the first and after the last digit
+    speed_factors: tuple[float, ...] = (1.0,)  # one is drawn per string (speed perturbation)
+
+
+def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
+    """One cut per FSDD recording, with the digit word as its supervision and speaker/take in `custom`.
+
+    Accepts this repository's FLAC copy and an upstream checkout (WAV); both name files the same way.
+    """
+    folder = Path(fsdd_dir)
+    folder = folder / "recordings" if (folder / "recordings").is_dir() else folder
+    paths = sorted(p for p in folder.iterdir() if FILE_NAME.match(p.name)) if folder.is_dir() else []
+    if not paths:
+        raise FileNotFoundError(f"{fsdd_dir}: no FSDD recordings named like 7_jackson_32.wav found")
+    cuts = []
+    for path in paths:
+        digit, speaker, index, _ = FILE_NAME.match(path.name).groups()
+        recording = Recording.from_file(path, recording_id=path.stem)
+        supervision = SupervisionSegment(id=path.stem, recording_id=path.stem, start=0.0,
+                                         duration=recording.duration, text=DIGIT_WORDS[int(digit)], speaker=speaker)
+        cuts.append(MonoCut(id=path.stem, start=0.0, duration=recording.duration, channel=0, recording=recording,
+                            supervisions=[supervision], custom={"speaker": speaker, "take": int(index)}))
+    return CutSet.from_cuts(cuts)
+
+
+def split_clips(clips: CutSet) -> tuple[CutSet, CutSet]:
+    """(train, test) by FSDD's take index."""
+    test = clips.filter(lambda c: c.custom["take"] in TEST_INDICES).to_eager()
+    train = clips.filter(lambda c: c.custom["take"] not in TEST_INDICES).to_eager()
+    return train, test
+
+
+def _by_speaker(clips: CutSet) -> dict[str, list]:
+    groups = defaultdict(list)
+    for cut in clips:
+        groups[cut.custom["speaker"]].append(cut)
+    return dict(sorted(groups.items()))
+
+
+def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: str):
+    """A MixedCut of 1-7 clips with silences between them, one speed factor for the whole string."""
+    count = rng.randint(config.min_digits, config.max_digits)
+    chosen = [rng.choice(clips) for _ in range(count)]
+    speed = rng.choice(config.speed_factors)
+    if speed != 1.0:
+        chosen = [c.perturb_speed(speed) for c in chosen]
+    string = chosen[0].pad(duration=chosen[0].duration + rng.uniform(0, config.max_edge_silence), direction="left")
+    for clip in chosen[1:]:
+        string = string.pad(duration=string.duration + rng.uniform(config.min_pause, config.max_pause))
+        string = string.append(clip)
+    string = string.pad(duration=string.duration + rng.uniform(0, config.max_edge_silence))
+    return string.with_id(cut_id)
+
+
+def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: int, prefix: str) -> CutSet:
+    """`num_strings` strings, speakers taken in turn; the same seed always gives the same strings."""
+    rng = random.Random(seed)
+    speakers = _by_speaker(clips)
+    names = list(speakers)
+    return CutSet.from_cuts(
+        make_string(speakers[names[i % len(names)]], rng, config, f"{prefix}{i:05d}_{names[i % len(names)]}")
+        for i in range(num_strings)
+    )
+
+
+def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
+    """Render strings to FLAC files plus `transcripts.tsv`, and return cuts over those files."""
+    audio_dir = out_dir / "audio"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    cuts = []
+    with open(out_dir / "transcripts.tsv", "w", encoding="utf-8") as transcripts:
+        transcripts.write("utt_id\ttext\n")
+        for string in strings:
+            text = " ".join(s.text for s in sorted(string.supervisions, key=lambda s: s.start))
+            path = audio_dir / f"{string.id}.flac"
+            audio = string.load_audio()[0]
+            soundfile.write(path, np.clip(audio, -1, 1), string.sampling_rate, subtype="PCM_16")
+            transcripts.write(f"{string.id}\t{text}\n")
+            recording = Recording.from_file(path, recording_id=string.id)
+            supervision = SupervisionSegment(id=string.id, recording_id=string.id, start=0.0,
+                                             duration=recording.duration, text=text)
+            cuts.append(MonoCut(id=string.id, start=0.0, duration=recording.duration, channel=0,
+                                recording=recording, supervisions=[supervision]))
+    cut_set = CutSet.from_cuts(cuts)
+    cut_set.to_file(out_dir / "cuts.jsonl.gz")
+    return cut_set
+
+
+def prepare_digits(fsdd_dir: str | Path, out_dir: str | Path, num_dev: int = 100, num_test: int = 200,
+                   seed: int = 20261125) -> dict[str, Path]:
+    """Write the clip manifests and the fixed dev/test strings of the digits recipe.
+
+    Dev strings use test-split takes 0-1 and test strings takes 2-4, so the strings a model is
+    selected on never share a recording with the strings it is scored on. Pauses between digits
+    are digital silence of 50-400 ms, as in recordings made by concatenating clips.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, test = split_clips(fsdd_clips(fsdd_dir))
+    train.to_file(out_dir / "fsdd_train_clips.jsonl.gz")
+    test.to_file(out_dir / "fsdd_test_clips.jsonl.gz")
+    config = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
+    paths = {"train_clips": out_dir / "fsdd_train_clips.jsonl.gz"}
+    for name, takes, count, offset in (("dev", (0, 1), num_dev, 1), ("test", (2, 3, 4), num_test, 2)):
+        clips = test.filter(lambda c, takes=takes: c.custom["take"] in takes).to_eager()
+        strings = make_strings(clips, count, config, seed + offset, prefix=f"digits_{name}_")
+        write_strings(strings, out_dir / name)
+        paths[name] = out_dir / name / "cuts.jsonl.gz"
+        log.info("wrote %d %s strings (%.1f min) to %s", count, name, sum(c.duration for c in strings) / 60,
+                 out_dir / name)
+    return paths
+
+
+class DigitStringEpochs:
+    """Fresh training strings every epoch: `cuts(epoch)` is deterministic in (seed, epoch)."""
+
+    def __init__(self, clips: CutSet, strings_per_epoch: int, config: StringConfig, seed: int = 0):
+        self.clips = clips
+        self.strings_per_epoch = strings_per_epoch
+        self.config = config
+        self.seed = seed
+
+    def cuts(self, epoch: int) -> CutSet:
+        return make_strings(self.clips, self.strings_per_epoch, self.config, seed=self.seed * 100_003 + epoch,
+                            prefix=f"train_e{epoch:03d}_")
+
+    def texts(self) -> list[str]:
+        return [s.text for c in self.clips for s in c.supervisions]
+
+
+def load_cuts(path: str | Path) -> CutSet:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found (run the recipe's prepare stage first)")
+    return lhotse.load_manifest(path)

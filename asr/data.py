@@ -1,0 +1,226 @@
+"""Cuts -> batches: a dataset over lhotse CutSets, lhotse's duration-bucketed sampler, collate.
+
+The sampler yields a CutSet per batch (lhotse's convention); `SpeechDataset` loads and augments its
+audio and tokenises its text. Features are *not* computed here: they are computed inside the model,
+on the model's device, so training and inference cannot disagree.
+"""
+
+import logging
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import lhotse
+import numpy as np
+import torch
+import torchaudio
+from lhotse.dataset import DynamicBucketingSampler
+from scipy.signal import lfilter
+
+from asr.text import normalize_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    texts: list[str]  # normalised reference text
+    waves: torch.Tensor  # (B, S) float32, zero-padded
+    wave_lens: torch.Tensor  # (B,) samples
+    targets: torch.Tensor  # (B, U) token ids without sos/eos, zero-padded
+    target_lens: torch.Tensor  # (B,)
+    num_skipped: int = 0  # cuts of this batch that could not be loaded
+
+    def to(self, device: torch.device | str) -> "Batch":
+        non_blocking = torch.device(device).type == "cuda"
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(self.ids, self.texts, move(self.waves), move(self.wave_lens), move(self.targets),
+                     move(self.target_lens), self.num_skipped)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def collate(ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], num_skipped: int = 0) -> Batch:
+    """Pad a list of 1-D waveforms and token lists into a Batch."""
+    wave_lens = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    padded = torch.zeros(len(waves), int(wave_lens.max()) if waves else 0)
+    for row, wave in enumerate(waves):
+        padded[row, : len(wave)] = wave
+    target_lens = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
+    targets = torch.zeros(len(token_ids), max(1, int(target_lens.max()) if token_ids else 1), dtype=torch.long)
+    for row, tokens in enumerate(token_ids):
+        targets[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return Batch(list(ids), list(texts), padded, wave_lens, targets, target_lens, num_skipped)
+
+
+@dataclass(frozen=True)
+class NoiseAugmentConfig:
+    """Waveform augmentation for training, applied per utterance with its own seeded generator."""
+
+    probability: float = 0.6  # share of utterances that get additive noise
+    min_snr_db: float = 5.0
+    max_snr_db: float = 40.0
+    min_gain_db: float = -20.0  # random level change applied to every utterance
+    max_gain_db: float = 6.0
+
+
+def augment_waveform(wave: np.ndarray, config: NoiseAugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random gain, then (with `config.probability`) white or brown-ish noise at a random SNR."""
+    wave = wave * 10 ** (rng.uniform(config.min_gain_db, config.max_gain_db) / 20)
+    if rng.random() < config.probability and len(wave):
+        noise = rng.standard_normal(len(wave))
+        if rng.random() < 0.5:  # low-pass (coloured) noise: cumulative sum, leaky so it stays bounded
+            noise = lfilter([1.0], [1.0, -0.98], noise)
+        signal_power = float(np.mean(wave**2)) + 1e-10
+        snr_db = rng.uniform(config.min_snr_db, config.max_snr_db)
+        noise *= np.sqrt(signal_power / (np.mean(noise**2) + 1e-12) / 10 ** (snr_db / 10))
+        wave = wave + noise
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+def cut_text(cut) -> str:
+    """The normalised transcript of a cut: its supervisions' texts joined in time order."""
+    supervisions = sorted(cut.supervisions, key=lambda s: s.start)
+    return normalize_text(" ".join(s.text or "" for s in supervisions))
+
+
+class AudioCache:
+    """Decoded recordings held in memory, for small corpora whose clips are reused many times.
+
+    Renders MonoCuts (optionally speed-perturbed) and MixedCuts of them with padding, which is how
+    the digits recipe builds its training strings; lhotse's own `load_audio` decodes and resamples
+    every clip of every string again (about 0.7 ms a clip here, as much as training on it).
+    Anything else returns None and is loaded by lhotse.
+    """
+
+    def __init__(self, cuts: lhotse.CutSet):
+        self.audio = {}
+        for cut in cuts:
+            audio = cut.recording.load_audio()
+            self.audio[(cut.recording.id, 1.0)] = audio.mean(axis=0) if audio.ndim == 2 else audio
+        self.sample_rate = {cut.recording.id: cut.recording.sampling_rate for cut in cuts}
+
+    def _clip(self, cut) -> np.ndarray | None:
+        recording = getattr(cut, "recording", None)
+        if recording is None or recording.id not in self.sample_rate:
+            return None
+        factor = 1.0
+        for transform in recording.transforms or []:
+            if type(transform).__name__ != "Speed":
+                return None
+            factor *= transform.factor
+        key = (recording.id, round(factor, 6))
+        if key not in self.audio:
+            rate = self.sample_rate[recording.id]
+            original = torch.from_numpy(self.audio[(recording.id, 1.0)])
+            # speed perturbation = resample, then play at the original rate (Ko et al. 2015)
+            self.audio[key] = torchaudio.functional.resample(original, round(rate * factor), rate).numpy()
+        rate = self.sample_rate[recording.id]
+        start = round(cut.start * rate)
+        return self.audio[key][start : start + round(cut.duration * rate)]
+
+    def render(self, cut) -> tuple[np.ndarray, int] | None:
+        """(samples, sample rate) of a cached MonoCut or MixedCut, or None."""
+        if not isinstance(cut, lhotse.cut.MixedCut):
+            clip = self._clip(cut)
+            return None if clip is None else (clip, cut.sampling_rate)
+        rate = cut.sampling_rate
+        output = np.zeros(round(cut.duration * rate), dtype=np.float32)
+        for track in cut.tracks:
+            if isinstance(track.cut, lhotse.cut.PaddingCut):
+                continue
+            clip = self._clip(track.cut)
+            if clip is None:
+                return None
+            start = round(track.offset * rate)
+            piece = clip[: len(output) - start]
+            output[start : start + len(piece)] += piece
+        return output, rate
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Maps a CutSet (one batch, from a lhotse sampler) to a Batch.
+
+    A cut whose audio cannot be loaded is skipped with a warning naming it and counted in
+    `Batch.num_skipped`, so one bad file never stops an epoch.
+    """
+
+    def __init__(self, tokenizer, sample_rate: int, augment: NoiseAugmentConfig | None = None, seed: int = 0,
+                 cache: AudioCache | None = None):
+        self.tokenizer = tokenizer
+        self.sample_rate = sample_rate
+        self.augment = augment
+        self.seed = seed
+        self.cache = cache
+
+    def load(self, cut) -> np.ndarray:
+        rendered = self.cache.render(cut) if self.cache is not None else None
+        if rendered is not None:
+            wave, rate = rendered
+            if rate != self.sample_rate:
+                wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, self.sample_rate).numpy()
+        else:
+            if cut.sampling_rate != self.sample_rate:
+                cut = cut.resample(self.sample_rate)
+            audio = cut.load_audio()  # (channels, samples)
+            wave = audio.mean(axis=0) if audio.ndim == 2 else audio
+        if not np.isfinite(wave).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, zlib.crc32(cut.id.encode())])
+            wave = augment_waveform(wave, self.augment, rng)
+        return wave.astype(np.float32)
+
+    def __getitem__(self, cuts: lhotse.CutSet) -> Batch:
+        ids, texts, waves, tokens, skipped = [], [], [], [], 0
+        for cut in cuts:
+            try:
+                wave = self.load(cut)
+                if len(wave) == 0:
+                    raise ValueError("no samples")
+            except Exception as error:  # noqa: BLE001 -- any unreadable input is skipped and reported
+                log.warning("skipping %s (%s): %s", cut.id, _source_of(cut), error)
+                skipped += 1
+                continue
+            text = cut_text(cut)
+            ids.append(cut.id)
+            texts.append(text)
+            waves.append(torch.from_numpy(wave))
+            tokens.append(self.tokenizer.encode(text))
+        return collate(ids, texts, waves, tokens, skipped)
+
+
+def _source_of(cut) -> str:
+    try:
+        return ", ".join(sorted({s.source for t in getattr(cut, "tracks", [cut]) for s in t.cut.recording.sources}))
+    except AttributeError:
+        try:
+            return ", ".join(s.source for s in cut.recording.sources)
+        except AttributeError:
+            return "?"
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    max_duration: float = 120.0  # seconds of audio per batch
+    num_buckets: int = 10  # duration buckets: utterances of similar length share a batch (less padding)
+    num_workers: int = 0  # background processes that load audio
+    shuffle: bool = True
+    drop_last: bool = False
+
+
+def make_loader(cuts: lhotse.CutSet, dataset: SpeechDataset, config: LoaderConfig, seed: int = 0,
+                world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader whose sampler is lhotse's DynamicBucketingSampler (sharded per rank)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+        sampler = DynamicBucketingSampler(
+            cuts, max_duration=config.max_duration, num_buckets=config.num_buckets, shuffle=config.shuffle,
+            drop_last=config.drop_last, world_size=world_size, rank=rank, seed=seed,
+        )
+    return torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=None, num_workers=config.num_workers,
+        persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
+    )
