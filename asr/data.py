@@ -35,8 +35,15 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(self.ids, self.texts, move(self.waves), move(self.wave_lens), move(self.targets),
-                     move(self.target_lens), self.num_skipped)
+        return Batch(
+            self.ids,
+            self.texts,
+            move(self.waves),
+            move(self.wave_lens),
+            move(self.targets),
+            move(self.target_lens),
+            self.num_skipped,
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,7 +56,9 @@ def collate(ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], n
     for row, wave in enumerate(waves):
         padded[row, : len(wave)] = wave
     target_lens = torch.tensor([len(t) for t in token_ids], dtype=torch.long)
-    targets = torch.zeros(len(token_ids), max(1, int(target_lens.max()) if token_ids else 1), dtype=torch.long)
+    targets = torch.zeros(
+        len(token_ids), max(1, int(target_lens.max()) if token_ids else 1), dtype=torch.long
+    )
     for row, tokens in enumerate(token_ids):
         targets[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     return Batch(list(ids), list(texts), padded, wave_lens, targets, target_lens, num_skipped)
@@ -147,8 +156,14 @@ class SpeechDataset(torch.utils.data.Dataset):
     `Batch.num_skipped`, so one bad file never stops an epoch.
     """
 
-    def __init__(self, tokenizer, sample_rate: int, augment: NoiseAugmentConfig | None = None, seed: int = 0,
-                 cache: AudioCache | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        sample_rate: int,
+        augment: NoiseAugmentConfig | None = None,
+        seed: int = 0,
+        cache: AudioCache | None = None,
+    ):
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.augment = augment
@@ -193,13 +208,10 @@ class SpeechDataset(torch.utils.data.Dataset):
 
 
 def _source_of(cut) -> str:
-    try:
-        return ", ".join(sorted({s.source for t in getattr(cut, "tracks", [cut]) for s in t.cut.recording.sources}))
-    except AttributeError:
-        try:
-            return ", ".join(s.source for s in cut.recording.sources)
-        except AttributeError:
-            return "?"
+    """The audio file(s) behind a cut, for error messages."""
+    cuts = [t.cut for t in cut.tracks] if isinstance(cut, lhotse.cut.MixedCut) else [cut]
+    recordings = [c.recording for c in cuts if getattr(c, "recording", None) is not None]
+    return ", ".join(sorted({str(s.source) for r in recordings for s in r.sources})) or "no recording"
 
 
 @dataclass(frozen=True)
@@ -211,16 +223,32 @@ class LoaderConfig:
     drop_last: bool = False
 
 
-def make_loader(cuts: lhotse.CutSet, dataset: SpeechDataset, config: LoaderConfig, seed: int = 0,
-                world_size: int = 1, rank: int = 0) -> torch.utils.data.DataLoader:
+def make_loader(
+    cuts: lhotse.CutSet,
+    dataset: SpeechDataset,
+    config: LoaderConfig,
+    seed: int = 0,
+    world_size: int = 1,
+    rank: int = 0,
+) -> torch.utils.data.DataLoader:
     """A DataLoader whose sampler is lhotse's DynamicBucketingSampler (sharded per rank)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         sampler = DynamicBucketingSampler(
-            cuts, max_duration=config.max_duration, num_buckets=config.num_buckets, shuffle=config.shuffle,
-            drop_last=config.drop_last, world_size=world_size, rank=rank, seed=seed,
+            cuts,
+            max_duration=config.max_duration,
+            num_buckets=config.num_buckets,
+            shuffle=config.shuffle,
+            drop_last=config.drop_last,
+            world_size=world_size,
+            rank=rank,
+            seed=seed,
         )
     return torch.utils.data.DataLoader(
-        dataset, sampler=sampler, batch_size=None, num_workers=config.num_workers,
-        persistent_workers=False, prefetch_factor=4 if config.num_workers else None,
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if config.num_workers else None,
     )

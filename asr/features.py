@@ -156,10 +156,15 @@ class SpecAugment(nn.Module):
         batch, frames, bins = feats.shape
         config = self.config
         bins_per_row = torch.full_like(feat_lens, bins)
-        freq_mask = self._band_mask(bins, torch.full_like(feat_lens, config.max_freq_width).clamp_max(bins),
-                                    config.num_freq_masks, bins_per_row)
-        time_limit = torch.minimum((feat_lens * config.max_time_ratio).long(),
-                                   torch.full_like(feat_lens, config.max_time_width))
+        freq_mask = self._band_mask(
+            bins,
+            torch.full_like(feat_lens, config.max_freq_width).clamp_max(bins),
+            config.num_freq_masks,
+            bins_per_row,
+        )
+        time_limit = torch.minimum(
+            (feat_lens * config.max_time_ratio).long(), torch.full_like(feat_lens, config.max_time_width)
+        )
         time_mask = self._band_mask(frames, time_limit, config.num_time_masks, feat_lens)
         mask = freq_mask[:, None, :] | time_mask[:, :, None]  # (B, T, F)
         return feats.masked_fill(mask, 0.0)

@@ -40,8 +40,8 @@ class CharTokenizer:
 
     @classmethod
     def build(cls, texts: Iterable[str]) -> "CharTokenizer":
-        """The sorted set of characters in the normalised `texts`."""
-        characters = set()
+        """The sorted set of characters in the normalised `texts`, always with the space."""
+        characters = {" "}
         for text in texts:
             characters.update(normalize_text(text))
         return cls(sorted(characters))

@@ -13,10 +13,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import lhotse
 import numpy as np
 import soundfile
 from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+
+from asr.corpora.manifest import load_cuts
+from asr.data import AudioCache
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEST_INDICES = range(0, 5)  # FSDD's official split: takes 0-4 are test, 5-49 train
@@ -51,10 +53,25 @@ def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
     for path in paths:
         digit, speaker, index, _ = FILE_NAME.match(path.name).groups()
         recording = Recording.from_file(path, recording_id=path.stem)
-        supervision = SupervisionSegment(id=path.stem, recording_id=path.stem, start=0.0,
-                                         duration=recording.duration, text=DIGIT_WORDS[int(digit)], speaker=speaker)
-        cuts.append(MonoCut(id=path.stem, start=0.0, duration=recording.duration, channel=0, recording=recording,
-                            supervisions=[supervision], custom={"speaker": speaker, "take": int(index)}))
+        supervision = SupervisionSegment(
+            id=path.stem,
+            recording_id=path.stem,
+            start=0.0,
+            duration=recording.duration,
+            text=DIGIT_WORDS[int(digit)],
+            speaker=speaker,
+        )
+        cuts.append(
+            MonoCut(
+                id=path.stem,
+                start=0.0,
+                duration=recording.duration,
+                channel=0,
+                recording=recording,
+                supervisions=[supervision],
+                custom={"speaker": speaker, "take": int(index)},
+            )
+        )
     return CutSet.from_cuts(cuts)
 
 
@@ -79,7 +96,9 @@ def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: s
     speed = rng.choice(config.speed_factors)
     if speed != 1.0:
         chosen = [c.perturb_speed(speed) for c in chosen]
-    string = chosen[0].pad(duration=chosen[0].duration + rng.uniform(0, config.max_edge_silence), direction="left")
+    string = chosen[0].pad(
+        duration=chosen[0].duration + rng.uniform(0, config.max_edge_silence), direction="left"
+    )
     for clip in chosen[1:]:
         string = string.pad(duration=string.duration + rng.uniform(config.min_pause, config.max_pause))
         string = string.append(clip)
@@ -112,17 +131,27 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
             soundfile.write(path, np.clip(audio, -1, 1), string.sampling_rate, subtype="PCM_16")
             transcripts.write(f"{string.id}\t{text}\n")
             recording = Recording.from_file(path, recording_id=string.id)
-            supervision = SupervisionSegment(id=string.id, recording_id=string.id, start=0.0,
-                                             duration=recording.duration, text=text)
-            cuts.append(MonoCut(id=string.id, start=0.0, duration=recording.duration, channel=0,
-                                recording=recording, supervisions=[supervision]))
+            supervision = SupervisionSegment(
+                id=string.id, recording_id=string.id, start=0.0, duration=recording.duration, text=text
+            )
+            cuts.append(
+                MonoCut(
+                    id=string.id,
+                    start=0.0,
+                    duration=recording.duration,
+                    channel=0,
+                    recording=recording,
+                    supervisions=[supervision],
+                )
+            )
     cut_set = CutSet.from_cuts(cuts)
     cut_set.to_file(out_dir / "cuts.jsonl.gz")
     return cut_set
 
 
-def prepare_digits(fsdd_dir: str | Path, out_dir: str | Path, num_dev: int = 100, num_test: int = 200,
-                   seed: int = 20261125) -> dict[str, Path]:
+def prepare_digits(
+    fsdd_dir: str | Path, out_dir: str | Path, num_dev: int = 100, num_test: int = 200, seed: int = 20261125
+) -> dict[str, Path]:
     """Write the clip manifests and the fixed dev/test strings of the digits recipe.
 
     Dev strings use test-split takes 0-1 and test strings takes 2-4, so the strings a model is
@@ -141,30 +170,61 @@ def prepare_digits(fsdd_dir: str | Path, out_dir: str | Path, num_dev: int = 100
         strings = make_strings(clips, count, config, seed + offset, prefix=f"digits_{name}_")
         write_strings(strings, out_dir / name)
         paths[name] = out_dir / name / "cuts.jsonl.gz"
-        log.info("wrote %d %s strings (%.1f min) to %s", count, name, sum(c.duration for c in strings) / 60,
-                 out_dir / name)
+        log.info(
+            "wrote %d %s strings (%.1f min) to %s",
+            count,
+            name,
+            sum(c.duration for c in strings) / 60,
+            out_dir / name,
+        )
     return paths
 
 
-class DigitStringEpochs:
-    """Fresh training strings every epoch: `cuts(epoch)` is deterministic in (seed, epoch)."""
+class DigitStrings:
+    """The digits recipe's corpus: fresh training strings every epoch, deterministic in (seed, epoch)."""
 
-    def __init__(self, clips: CutSet, strings_per_epoch: int, config: StringConfig, seed: int = 0):
+    def __init__(
+        self, clips: CutSet, dev: CutSet, strings_per_epoch: int, config: StringConfig, seed: int = 0
+    ):
         self.clips = clips
+        self.dev = dev
         self.strings_per_epoch = strings_per_epoch
         self.config = config
         self.seed = seed
+        self.cache = AudioCache(clips)
+        slowest = min(config.speed_factors)
+        longest_clip = max(c.duration for c in clips)
+        self.max_utterance_seconds = (
+            config.max_digits * longest_clip / slowest
+            + (config.max_digits - 1) * config.max_pause
+            + 2 * config.max_edge_silence
+        )
 
-    def cuts(self, epoch: int) -> CutSet:
-        return make_strings(self.clips, self.strings_per_epoch, self.config, seed=self.seed * 100_003 + epoch,
-                            prefix=f"train_e{epoch:03d}_")
+    @classmethod
+    def from_options(
+        cls, train_clips: str, dev_cuts: str, strings_per_epoch: int, seed: int = 0, **string_options
+    ):
+        if "speed_factors" in string_options:
+            string_options["speed_factors"] = tuple(string_options["speed_factors"])
+        return cls(
+            load_cuts(train_clips),
+            load_cuts(dev_cuts),
+            strings_per_epoch,
+            StringConfig(**string_options),
+            seed,
+        )
+
+    def train_cuts(self, epoch: int) -> CutSet:
+        return make_strings(
+            self.clips,
+            self.strings_per_epoch,
+            self.config,
+            seed=self.seed * 100_003 + epoch,
+            prefix=f"train_e{epoch:03d}_",
+        )
+
+    def dev_cuts(self) -> CutSet:
+        return self.dev
 
     def texts(self) -> list[str]:
         return [s.text for c in self.clips for s in c.supervisions]
-
-
-def load_cuts(path: str | Path) -> CutSet:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found (run the recipe's prepare stage first)")
-    return lhotse.load_manifest(path)

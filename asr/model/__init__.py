@@ -5,5 +5,13 @@ from asr.model.decoder import DecoderConfig, DecoderState
 from asr.model.encoder import EncoderConfig, EncoderOutput
 from asr.model.las import LAS, LossOutput, ModelConfig
 
-__all__ = ["LAS", "AttentionConfig", "DecoderConfig", "DecoderState", "EncoderConfig", "EncoderOutput",
-           "LossOutput", "ModelConfig"]
+__all__ = [
+    "LAS",
+    "AttentionConfig",
+    "DecoderConfig",
+    "DecoderState",
+    "EncoderConfig",
+    "EncoderOutput",
+    "LossOutput",
+    "ModelConfig",
+]

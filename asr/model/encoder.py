@@ -86,11 +86,13 @@ class PyramidalEncoder(nn.Module):
             raise ValueError(f"ctc_level must be in [0, {config.num_pyramid_levels}], got {config.ctc_level}")
         self.config = config
         output_dim = 2 * config.hidden_dim
-        input_dims = [config.input_dim] + [output_dim] * (config.num_layers - 1)
+        input_dims = ([config.input_dim] + [output_dim] * (config.num_layers - 1))[: config.num_layers]
         self.layers = nn.ModuleList(BiLSTM(dim, config.hidden_dim) for dim in input_dims)
         first_pyramid_dim = 2 * (output_dim if config.num_layers else config.input_dim)
         pyramid_dims = [first_pyramid_dim] + [2 * output_dim] * (config.num_pyramid_levels - 1)
-        self.pyramid = nn.ModuleList(BiLSTM(dim, config.hidden_dim) for dim in pyramid_dims[: config.num_pyramid_levels])
+        self.pyramid = nn.ModuleList(
+            BiLSTM(dim, config.hidden_dim) for dim in pyramid_dims[: config.num_pyramid_levels]
+        )
         self.dropout = nn.Dropout(config.dropout)
 
     @property

@@ -51,8 +51,13 @@ class ModelConfig:
         for key, value in values.items():
             if key not in nested:
                 raise ValueError(f"unknown model config key {key!r}")
-            section = {"features": FeatureConfig, "spec_augment": SpecAugmentConfig, "encoder": EncoderConfig,
-                       "attention": AttentionConfig, "decoder": DecoderConfig}.get(key)
+            section = {
+                "features": FeatureConfig,
+                "spec_augment": SpecAugmentConfig,
+                "encoder": EncoderConfig,
+                "attention": AttentionConfig,
+                "decoder": DecoderConfig,
+            }.get(key)
             kwargs[key] = section(**value) if section else value
         return cls(**kwargs)
 
@@ -75,8 +80,9 @@ def add_sos_eos(targets, target_lens, sos_eos_id: int):
     tokens_out = torch.cat([targets, targets.new_full((batch, 1), IGNORE_INDEX)], dim=1)
     tokens_out[torch.arange(batch, device=targets.device), target_lens] = sos_eos_id
     valid = sequence_mask(target_lens + 1, tokens_out.shape[1])
-    return tokens_in.masked_fill(~sequence_mask(target_lens + 1, tokens_in.shape[1]), sos_eos_id), \
-        tokens_out.masked_fill(~valid, IGNORE_INDEX)
+    return tokens_in.masked_fill(
+        ~sequence_mask(target_lens + 1, tokens_in.shape[1]), sos_eos_id
+    ), tokens_out.masked_fill(~valid, IGNORE_INDEX)
 
 
 class LAS(nn.Module):
@@ -84,8 +90,10 @@ class LAS(nn.Module):
         super().__init__()
         self.config = config
         if config.encoder.input_dim != config.features.num_mel_bins:
-            raise ValueError(f"encoder.input_dim ({config.encoder.input_dim}) must equal "
-                             f"features.num_mel_bins ({config.features.num_mel_bins})")
+            raise ValueError(
+                f"encoder.input_dim ({config.encoder.input_dim}) must equal "
+                f"features.num_mel_bins ({config.features.num_mel_bins})"
+            )
         self.features = LogMelFeatures(config.features)
         self.normalization = GlobalNormalization(config.features.num_mel_bins)
         self.spec_augment = SpecAugment(config.spec_augment)
@@ -133,7 +141,9 @@ class LAS(nn.Module):
         tokens_in, tokens_out = add_sos_eos(targets, target_lens, self.sos_eos_id)
         logits, _ = self.decoder(tokens_in, encoded.output, encoded.lengths)
         attention_loss = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), tokens_out.flatten(), ignore_index=IGNORE_INDEX,
+            logits.flatten(0, 1).float(),
+            tokens_out.flatten(),
+            ignore_index=IGNORE_INDEX,
             label_smoothing=self.config.label_smoothing,
         )
         ctc_weight = self.config.ctc_weight
@@ -142,8 +152,13 @@ class LAS(nn.Module):
             # reduction="mean" divides each utterance's loss by its target length, then averages,
             # which puts CTC on the same per-token scale as the cross-entropy.
             ctc_loss = nn.functional.ctc_loss(
-                self.ctc_log_probs(encoded).transpose(0, 1), targets, encoded.ctc_lengths, target_lens,
-                blank=0, reduction="mean", zero_infinity=True,
+                self.ctc_log_probs(encoded).transpose(0, 1),
+                targets,
+                encoded.ctc_lengths,
+                target_lens,
+                blank=0,
+                reduction="mean",
+                zero_infinity=True,
             )
         loss = (1 - ctc_weight) * attention_loss + ctc_weight * ctc_loss
         return LossOutput(loss, attention_loss.detach(), ctc_loss.detach(), (target_lens + 1).sum())

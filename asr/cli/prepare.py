@@ -1,0 +1,53 @@
+"""`asr-prepare CORPUS`: write the lhotse manifests a recipe trains and scores on.
+
+asr-prepare digits --out exp/digits/data [--fsdd-dir DIR]
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from asr.corpora.fsdd import prepare_digits
+
+# The repository's vendored copy; FSDD_DIR or --fsdd-dir points at an upstream checkout instead.
+VENDORED_FSDD = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "fsdd"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asr-prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    corpora = parser.add_subparsers(dest="corpus", required=True)
+    digits = corpora.add_parser(
+        "digits", help="FSDD connected-digit strings", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    digits.add_argument(
+        "--fsdd-dir",
+        default=os.environ.get("FSDD_DIR") or str(VENDORED_FSDD),
+        help="FSDD folder (with recordings/); $FSDD_DIR overrides the vendored copy",
+    )
+    digits.add_argument("--out", required=True, help="output folder for manifests and dev/test audio")
+    digits.add_argument("--num-dev", type=int, default=100, help="dev strings (from test-split takes 0-1)")
+    digits.add_argument("--num-test", type=int, default=200, help="test strings (from test-split takes 2-4)")
+    digits.add_argument("--seed", type=int, default=20261125)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.corpus == "digits":
+            paths = prepare_digits(args.fsdd_dir, args.out, args.num_dev, args.num_test, args.seed)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        print(f"asr-prepare: error: {error}", file=sys.stderr)
+        return 2
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models and real FSDD clips from the repository's vendored copy."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from asr.features import FeatureConfig
+from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FSDD_DIR = REPO / "recipes" / "digits" / "fsdd"
+
+
+def tiny_config(
+    vocab_size: int = 12, attention: str = "location", cell: str = "lstm", **overrides
+) -> ModelConfig:
+    """A model small enough for unit tests (a few thousand parameters)."""
+    values = dict(
+        vocab_size=vocab_size,
+        features=FeatureConfig(sample_rate=8000, num_mel_bins=20, f_max=4000.0),
+        encoder=EncoderConfig(input_dim=20, hidden_dim=16, num_layers=1, num_pyramid_levels=3, ctc_level=2),
+        attention=AttentionConfig(type=attention, attention_dim=16, location_kernel_size=5),
+        decoder=DecoderConfig(cell=cell, embedding_dim=8, hidden_dim=16),
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    return LAS(tiny_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    return FSDD_DIR

@@ -1,0 +1,83 @@
+import torch
+
+from asr.features import (
+    FeatureConfig,
+    FeatureStatistics,
+    GlobalNormalization,
+    LogMelFeatures,
+    SpecAugment,
+    SpecAugmentConfig,
+    sequence_mask,
+)
+
+
+def test_frame_count_follows_the_documented_formula():
+    features = LogMelFeatures(FeatureConfig(sample_rate=16000))
+    assert (features.win_length, features.hop_length, features.n_fft) == (400, 160, 512)
+    lengths = torch.tensor([16000, 512, 100, 8000])
+    expected = torch.tensor([1 + (16000 - 512) // 160, 1, 1, 1 + (8000 - 512) // 160])
+    assert torch.equal(features.num_frames(lengths), expected)
+    feats, feat_lens = features(torch.randn(4, 16000), lengths)
+    assert feats.shape == (4, int(expected.max()), 80) and torch.equal(feat_lens, expected)
+
+
+def test_features_of_an_utterance_do_not_depend_on_padding():
+    torch.manual_seed(0)
+    features = LogMelFeatures(FeatureConfig(sample_rate=8000, num_mel_bins=40))
+    short, long = torch.randn(3000), torch.randn(8000)
+    alone, alone_lens = features(short[None], torch.tensor([3000]))
+    batch = torch.zeros(2, 8000)
+    batch[0, :3000], batch[1] = short, long
+    batch[0, 3000:] = 123.0  # garbage in the padding must not leak into the frames
+    together, lens = features(batch, torch.tensor([3000, 8000]))
+    assert lens[0] == alone_lens[0]
+    torch.testing.assert_close(together[0, : lens[0]], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_440_hz_tone_peaks_in_the_right_mel_bin():
+    config = FeatureConfig(sample_rate=16000, num_mel_bins=80)
+    features = LogMelFeatures(config)
+    t = torch.arange(16000) / 16000
+    feats, _ = features(torch.sin(2 * torch.pi * 440 * t)[None], torch.tensor([16000]))
+    peak = int(feats[0].mean(0).argmax())
+    centres = features.mel.mel_scale.fb.argmax(0)  # FFT bin at the top of each mel filter
+    assert abs(int(centres[peak]) * 16000 / features.n_fft - 440) < 60
+
+
+def test_normalisation_uses_statistics_and_zeroes_padding():
+    feats = torch.randn(2, 50, 4) * 3 + 7
+    lens = torch.tensor([50, 30])
+    statistics = FeatureStatistics()
+    statistics.update(feats, lens)
+    mean, std = statistics.mean_and_std()
+    valid = feats[sequence_mask(lens)]
+    torch.testing.assert_close(mean, valid.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(std, valid.std(0, unbiased=False), rtol=1e-4, atol=1e-4)
+    normalization = GlobalNormalization(4)
+    normalization.set_statistics(mean, std)
+    normalised = normalization(feats, lens)
+    assert normalised[1, 30:].abs().sum() == 0
+    torch.testing.assert_close(normalised[sequence_mask(lens)].mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    assert set(dict(normalization.named_buffers())) == {"mean", "std"}  # saved with the weights
+
+
+def test_spec_augment_masks_only_in_training_and_within_each_length():
+    torch.manual_seed(0)
+    augment = SpecAugment(
+        SpecAugmentConfig(
+            num_freq_masks=2, max_freq_width=5, num_time_masks=2, max_time_width=10, max_time_ratio=0.2
+        )
+    )
+    feats = torch.ones(8, 100, 40)
+    lens = torch.tensor([100, 80, 60, 40, 20, 10, 5, 100])
+    augment.eval()
+    assert torch.equal(augment(feats, lens), feats)
+    augment.train()
+    masked = augment(feats, lens) == 0
+    assert masked.any()
+    for row, length in enumerate(lens.tolist()):
+        time_masked = masked[row].all(dim=1)  # frames masked across every bin
+        assert int(time_masked.sum()) <= 2 * min(10, int(0.2 * length))
+        assert not time_masked[length:].any()
+        freq_masked = masked[row, :length].all(dim=0)
+        assert int(freq_masked.sum()) <= 2 * 5

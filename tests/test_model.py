@@ -1,0 +1,160 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asr.features import sequence_mask
+from asr.model import LAS
+from asr.model.attention import AttentionConfig, DotProductAttention, build_attention
+from asr.model.encoder import BiLSTM, EncoderConfig, PyramidalEncoder, concatenate_neighbours, reverse_padded
+from asr.model.las import IGNORE_INDEX, ModelConfig, add_sos_eos
+from tests.conftest import tiny_config
+
+
+def test_reverse_padded_reverses_within_length_and_is_an_involution():
+    x = torch.arange(10.0).view(2, 5, 1)
+    lengths = torch.tensor([5, 3])
+    reversed_x = reverse_padded(x, lengths)
+    assert reversed_x[0, :, 0].tolist() == [4, 3, 2, 1, 0]
+    assert reversed_x[1, :, 0].tolist() == [7, 6, 5, 8, 9]
+    assert torch.equal(reverse_padded(reversed_x, lengths), x)
+
+
+def test_bilstm_equals_a_packed_bidirectional_lstm():
+    """Our fast dense form computes exactly what pack_padded_sequence computes."""
+    torch.manual_seed(0)
+    layer = BiLSTM(6, 5)
+    reference = torch.nn.LSTM(6, 5, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for suffix, source in (("", layer.forward_lstm), ("_reverse", layer.backward_lstm)):
+            for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+                getattr(reference, name + suffix).copy_(getattr(source, name))
+    x, lengths = torch.randn(3, 7, 6), torch.tensor([7, 4, 1])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(
+        reference(packed)[0], batch_first=True, total_length=7
+    )
+    torch.testing.assert_close(layer(x, lengths), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_concatenate_neighbours_keeps_an_odd_last_frame():
+    x = torch.arange(1.0, 6.0).view(1, 5, 1)
+    output, lengths = concatenate_neighbours(x, torch.tensor([5]))
+    assert output[0].tolist() == [[1, 2], [3, 4], [5, 0]]
+    assert lengths.tolist() == [3]
+
+
+@pytest.mark.parametrize("num_layers", [0, 2])
+def test_encoder_is_padding_invariant(num_layers):
+    torch.manual_seed(0)
+    encoder = PyramidalEncoder(
+        EncoderConfig(input_dim=4, hidden_dim=3, num_layers=num_layers, num_pyramid_levels=3, ctc_level=1)
+    ).eval()
+    short, long = torch.randn(1, 13, 4), torch.randn(1, 40, 4)
+    alone = encoder(short, torch.tensor([13]))
+    batch = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 27), value=5.0), long])
+    batch = batch * sequence_mask(torch.tensor([13, 40]), 40)[..., None]  # padding is zero (as features give)
+    together = encoder(batch, torch.tensor([13, 40]))
+    assert together.lengths.tolist() == [2, 5] and alone.lengths.tolist() == [2]
+    assert together.ctc_lengths.tolist() == [7, 20]
+    torch.testing.assert_close(together.output[0, :2], alone.output[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together.ctc_output[0, :7], alone.ctc_output[0], rtol=1e-5, atol=1e-6)
+    assert together.output[0, 2:].abs().sum() == 0
+
+
+def test_dot_product_attention_equals_torch_sdpa_with_masking():
+    torch.manual_seed(0)
+    attention = DotProductAttention(query_dim=6, memory_dim=10, attention_dim=8)
+    query, memory = torch.randn(3, 6), torch.randn(3, 9, 10)
+    mask = sequence_mask(torch.tensor([9, 4, 1]), 9)
+    keys = attention.prepare(memory)
+    context, weights = attention(query, keys, memory, mask, previous_weights=None)
+    q = attention.query_projection(query)[:, None, None, :]  # (B, heads=1, L=1, A)
+    expected = F.scaled_dot_product_attention(
+        q, keys[:, None], memory[:, None], attn_mask=mask[:, None, None, :]
+    )
+    torch.testing.assert_close(context, expected[:, 0, 0], rtol=1e-5, atol=1e-6)
+    assert torch.all(weights[~mask] == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    # the seed formula written out: softmax(Q K^T / sqrt(d_k)) V
+    scores = (q[:, 0, 0, None, :] * keys).sum(-1) / math.sqrt(8)
+    torch.testing.assert_close(weights, torch.softmax(scores.masked_fill(~mask, -math.inf), -1))
+
+
+@pytest.mark.parametrize("kind,heads", [("dot", 1), ("dot", 2), ("additive", 1), ("location", 1)])
+def test_every_attention_gives_a_distribution_over_valid_frames(kind, heads):
+    torch.manual_seed(0)
+    attention = build_attention(
+        AttentionConfig(type=kind, attention_dim=8, num_heads=heads, location_kernel_size=5),
+        query_dim=6,
+        memory_dim=10,
+    )
+    memory = torch.randn(2, 7, 10)
+    mask = sequence_mask(torch.tensor([7, 3]), 7)
+    previous = mask.float() / mask.sum(-1, keepdim=True)
+    context, weights = attention(torch.randn(2, 6), attention.prepare(memory), memory, mask, previous)
+    assert context.shape == (2, 10) and weights.shape == (2, 7)
+    assert torch.all(weights[~mask] == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("attention", ["dot", "additive", "location"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_decoder_forward_equals_a_loop_of_step(attention, cell):
+    torch.manual_seed(0)
+    model = LAS(tiny_config(attention=attention, cell=cell)).eval()
+    decoder = model.decoder
+    memory, memory_lens = torch.randn(2, 6, model.encoder.output_dim), torch.tensor([6, 3])
+    tokens = torch.randint(2, 11, (2, 5))
+    logits, weights = decoder(tokens, memory, memory_lens)
+    mask = sequence_mask(memory_lens, 6)
+    keys = decoder.attention.prepare(memory)
+    state = decoder.initial_state(memory, memory_lens)
+    for i in range(5):
+        step_logits, state = decoder.step(tokens[:, i], state, keys, memory, mask)
+        torch.testing.assert_close(step_logits, logits[:, i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(state.weights, weights[:, i], rtol=1e-5, atol=1e-6)
+
+
+def test_add_sos_eos():
+    targets, lens = torch.tensor([[3, 4, 5], [6, 0, 0]]), torch.tensor([3, 1])
+    tokens_in, tokens_out = add_sos_eos(targets, lens, sos_eos_id=9)
+    assert tokens_in.tolist() == [[9, 3, 4, 5], [9, 6, 9, 9]]
+    assert tokens_out.tolist() == [[3, 4, 5, 9], [6, 9, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_model_outputs_are_padding_invariant():
+    torch.manual_seed(0)
+    model = LAS(tiny_config()).eval()
+    short, long = torch.randn(4000), torch.randn(9000)
+    waves = torch.zeros(2, 9000)
+    waves[0, :4000], waves[1] = short, long
+    together = model.encode(waves, torch.tensor([4000, 9000]))
+    alone = model.encode(short[None], torch.tensor([4000]))
+    length = int(alone.lengths[0])
+    torch.testing.assert_close(together.output[0, :length], alone.output[0], rtol=1e-4, atol=1e-5)
+    targets = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    loss_alone = model(short[None], torch.tensor([4000]), targets[1:, :2], torch.tensor([2]))
+    loss_padded = model(waves[:1], torch.tensor([4000]), targets[1:], torch.tensor([2]))
+    torch.testing.assert_close(loss_alone.loss, loss_padded.loss)
+
+
+def test_model_config_round_trips_and_rejects_unknown_keys():
+    config = tiny_config()
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model config key"):
+        ModelConfig.from_dict({**config.to_dict(), "encodr": {}})
+
+
+def test_ctc_loss_is_finite_at_the_ctc_level():
+    """At 4x reduction a 1 s clip has 25 CTC frames: enough for a 10-character target."""
+    torch.manual_seed(0)
+    model = LAS(tiny_config(ctc_weight=0.5)).train()
+    output = model(
+        torch.randn(2, 8000),
+        torch.tensor([8000, 8000]),
+        torch.randint(2, 11, (2, 10)),
+        torch.tensor([10, 10]),
+    )
+    assert torch.isfinite(output.ctc_loss) and output.ctc_loss > 0
