@@ -1,0 +1,200 @@
+"""CTC prefix scores for label-synchronous beam search (Watanabe et al. 2017, "Hybrid CTC/attention
+architecture for end-to-end speech recognition", Algorithm 2), for all hypotheses and candidates at once.
+
+For a prefix g and the CTC frame posteriors x_t(k), t = 1..T, the forward variables are
+
+    r^n_t(g)   the first t frames emit g and frame t emits g's last label
+    r^b_t(g)   the first t frames emit g and frame t is blank
+
+and the prefix score psi(g + c) sums the probability of every label sequence that starts with g + c:
+
+    phi_{t-1}(g, c) = r^b_{t-1}(g) + (r^n_{t-1}(g) if c != last(g) else 0)   a repeat needs a blank between
+    psi(g + c)      = sum_{t=1..T} phi_{t-1}(g, c) x_t(c)
+    psi(g + eos)    = r^n_T(g) + r^b_T(g)                                    the full-sequence probability
+
+The recursions r^n_t(h) = (r^n_{t-1}(h) + phi_{t-1}) x_t(c) and r^b_t(h) = (r^b_{t-1}(h) + r^n_{t-1}(h)) b_t
+are linear, so each has the closed form of a cumulative sum over frames:
+
+    r^n_t(h) = X_t   * sum_{s<=t} phi_{s-1} / X_{s-1},     X_t = prod_{k<=t} x_k(c)
+    r^b_t(h) = Bl_t  * sum_{s<=t} r^n_{s-1}(h) / Bl_{s-1}, Bl_t = prod_{k<=t} x_k(blank)
+
+which `torch.logcumsumexp` computes in the log domain with no Python loop over frames (ESPnet's
+`CTCPrefixScoreTH` loops over frames once per output token). The cancellation between the large
+cumulative sums is why this module works in float64: a 1000-frame sum of log-probs near -20 keeps
+about 1e-12 absolute precision. Only psi is needed for every candidate; the forward variables are
+computed for the K hypotheses that survive each step, not for all K x C candidates.
+
+Shapes: A utterances, K hypotheses per utterance, C candidate tokens, T CTC frames. Frames past an
+utterance's own length never contribute, so an utterance scores the same alone or in a padded batch.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from asr.features import sequence_mask
+
+NEG_INF = float("-inf")
+
+
+class CTCPrefixState(NamedTuple):
+    nonblank: torch.Tensor  # (A, K, T+1) float64, log r^n_t(g) for t = 0..T
+    blank: torch.Tensor  # (A, K, T+1) float64, log r^b_t(g) for t = 0..T
+    prefix: torch.Tensor  # (A, K) float64, log psi(g)
+
+
+class CTCPrefixScorer:
+    """Prefix scores over one batch of CTC posteriors.
+
+    Parameters
+    ----------
+    log_probs : torch.Tensor, shape = (A, T, V)
+        CTC log-posteriors (`LAS.ctc_log_probs`); id 0 is the blank.
+    lengths : torch.Tensor, shape = (A,)
+        valid frames per utterance.
+    units : slice
+        the token ids a hypothesis can be extended with (every id but blank and eos).
+    """
+
+    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, units: slice):
+        self.source = log_probs
+        valid = sequence_mask(lengths, log_probs.shape[1])  # (A, T)
+        # (A, T, V) -> (A, V, T): every gather below picks token rows and keeps frames contiguous.
+        # Padded frames are -inf, so they add nothing to psi.
+        self.log_probs = (
+            log_probs.float().masked_fill(~valid[..., None], NEG_INF).transpose(1, 2).contiguous()
+        )
+        self.lengths = lengths
+        self.valid = valid
+        self.units = units
+        self._unit_log_probs = None  # (A, C, T) float64, made on first use: large for a large vocabulary
+        # Padded frames get log b = 0 in the recursions: their values stay finite and are never read.
+        blank = self.log_probs[:, 0].double().masked_fill(~valid, 0.0)
+        self.blank_cumsum = torch.nn.functional.pad(blank.cumsum(-1), (1, 0))  # (A, T+1), Bl_0 = 0
+
+    def initial_state(self, beam_size: int) -> CTCPrefixState:
+        """The empty prefix: all-blank paths, psi = 1."""
+        utterances, frames_plus_one = self.blank_cumsum.shape
+        shape = (utterances, beam_size, frames_plus_one)
+        nonblank = self.blank_cumsum.new_full(shape, NEG_INF)
+        blank = self.blank_cumsum[:, None].expand(shape)
+        return CTCPrefixState(nonblank, blank, self.blank_cumsum.new_zeros(utterances, beam_size))
+
+    def candidates(self, ranking: torch.Tensor, pre_beam: int) -> tuple[torch.Tensor, bool]:
+        """(A, K, C) token ids to score for each hypothesis, and whether they are all the units.
+
+        With a vocabulary larger than `pre_beam`, only the `pre_beam` best units by `ranking` (A, K, V),
+        the attention (+ LM) log-probabilities, get a prefix score, which costs T frames each
+        (ESPnet's pre-beam); 0 scores every unit.
+        """
+        active_count, beam, _ = ranking.shape
+        units = ranking[..., self.units]
+        if pre_beam == 0 or pre_beam >= units.shape[-1]:
+            all_units = torch.arange(self.units.start, self.units.stop, device=ranking.device)
+            return all_units.expand(active_count, beam, -1), True
+        return units.topk(pre_beam, dim=-1).indices + self.units.start, False
+
+    def _token_log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(A, K, C) token ids -> (A, K, C, T) float64 log x_t(token), -inf on padded frames."""
+        utterances, beam, candidates = tokens.shape
+        frames = self.log_probs.shape[2]
+        index = tokens.reshape(utterances, beam * candidates, 1).expand(-1, -1, frames)
+        return self.log_probs.gather(1, index).view(utterances, beam, candidates, frames).double()
+
+    def score(
+        self, state: CTCPrefixState, last_tokens: torch.Tensor, candidates: torch.Tensor, all_units: bool
+    ) -> torch.Tensor:
+        """log psi(g + c) for every hypothesis g and candidate token c.
+
+        Parameters
+        ----------
+        state : CTCPrefixState of the hypotheses g
+        last_tokens : torch.Tensor, shape = (A, K)
+            the last token of each g (sos for the empty prefix, which no candidate equals).
+        candidates : torch.Tensor, shape = (A, K, C)
+            token ids; never blank or eos.
+        all_units : bool
+            True when `candidates` are the `units` range for every hypothesis, which skips a gather.
+
+        Returns
+        -------
+        torch.Tensor, shape = (A, K, C), float64
+        """
+        frames = self.log_probs.shape[2]
+        if all_units and self._unit_log_probs is None:
+            self._unit_log_probs = self.log_probs[:, self.units].double()
+        x = (
+            self._unit_log_probs[:, None] if all_units else self._token_log_probs(candidates)
+        )  # (A, K|1, C, T)
+        # phi_{t-1} for a new label, for t = 1..T: (A, K, 1, T)
+        phi = torch.logaddexp(state.blank, state.nonblank)[..., None, :frames]
+        psi = torch.logsumexp(phi + x, dim=-1)  # (A, K, C)
+        # a candidate that repeats g's last label extends only the paths that end in blank
+        x_last = self._token_log_probs(last_tokens[..., None])[:, :, 0]  # (A, K, T)
+        psi_repeat = torch.logsumexp(state.blank[..., :frames] + x_last, dim=-1)  # (A, K)
+        return torch.where(candidates == last_tokens[..., None], psi_repeat[..., None], psi)
+
+    def final(self, state: CTCPrefixState) -> torch.Tensor:
+        """log p_ctc(g | x), the probability that the whole utterance emits exactly g: (A, K) float64."""
+        last_frame = self.lengths[:, None, None].expand(-1, state.blank.shape[1], 1)  # (A, K, 1)
+        return torch.logaddexp(state.nonblank.gather(2, last_frame), state.blank.gather(2, last_frame))[
+            ..., 0
+        ]
+
+    def extend(
+        self,
+        state: CTCPrefixState,
+        parents: torch.Tensor,
+        tokens: torch.Tensor,
+        parent_last_tokens: torch.Tensor,
+        prefix: torch.Tensor,
+    ) -> CTCPrefixState:
+        """Forward variables of the chosen hypotheses h = g + c.
+
+        Parameters
+        ----------
+        state : CTCPrefixState of the previous hypotheses, (A, K, ...)
+        parents : torch.Tensor, shape = (A, K)
+            which previous hypothesis of the same utterance each new one extends.
+        tokens : torch.Tensor, shape = (A, K)
+            the appended token c (any id for a hypothesis that is no longer live).
+        parent_last_tokens : torch.Tensor, shape = (A, K)
+            last(g) of each parent.
+        prefix : torch.Tensor, shape = (A, K)
+            log psi(h), as returned by `score`.
+        """
+        frames_plus_one = state.blank.shape[2]
+        index = parents[..., None].expand(-1, -1, frames_plus_one)
+        nonblank, blank = state.nonblank.gather(1, index), state.blank.gather(1, index)
+        repeat = (tokens == parent_last_tokens)[..., None]
+        phi = torch.where(repeat, blank, torch.logaddexp(blank, nonblank))  # (A, K, T+1): phi_0..phi_T
+        x = self._token_log_probs(tokens[..., None])[:, :, 0]  # (A, K, T)
+        x = x.masked_fill(~self.valid[:, None], 0.0)  # keeps the cumulative sums finite past the end
+        log_x_product = torch.nn.functional.pad(x.cumsum(-1), (1, 0))  # (A, K, T+1): log X_0..X_T
+        start = torch.full_like(prefix[..., None], NEG_INF)  # r_0(h) = 0 for a non-empty h
+        # r^n_t(h) = X_t * sum_{s<=t} phi_{s-1} / X_{s-1}
+        new_nonblank = log_x_product[..., 1:] + torch.logcumsumexp(
+            phi[..., :-1] - log_x_product[..., :-1], -1
+        )
+        new_nonblank = torch.cat([start, new_nonblank], dim=-1)
+        # r^b_t(h) = Bl_t * sum_{s<=t} r^n_{s-1}(h) / Bl_{s-1}
+        blank_product = self.blank_cumsum[:, None]  # (A, 1, T+1)
+        new_blank = blank_product[..., 1:] + torch.logcumsumexp(
+            new_nonblank[..., :-1] - blank_product[..., :-1], -1
+        )
+        return CTCPrefixState(new_nonblank, torch.cat([start, new_blank], dim=-1), prefix)
+
+    def select(self, utterances: torch.Tensor) -> "CTCPrefixScorer":
+        """Keep some utterances (a finished one leaves the batch) and drop frames none of them has."""
+        lengths = self.lengths.index_select(0, utterances)
+        frames = int(lengths.max())
+        return CTCPrefixScorer(self.source.index_select(0, utterances)[:, :frames], lengths, self.units)
+
+    def select_state(self, state: CTCPrefixState, utterances: torch.Tensor) -> CTCPrefixState:
+        """The state of the utterances kept by `select`, trimmed to its frames."""
+        frames_plus_one = int(self.lengths.index_select(0, utterances).max()) + 1
+        return CTCPrefixState(
+            state.nonblank.index_select(0, utterances)[..., :frames_plus_one],
+            state.blank.index_select(0, utterances)[..., :frames_plus_one],
+            state.prefix.index_select(0, utterances),
+        )
