@@ -1,0 +1,311 @@
+"""`asr-transcribe`: transcribe audio files, folders and lhotse manifests with a LAS checkpoint.
+
+Writes "utt_id<TAB>text" lines in input order to --output or stdout; everything else (errors,
+warnings, the progress bar and the closing summary with the real-time factor) goes to stderr.
+Exit status: 0 when every recording was transcribed, 1 when some failed (each one is named on
+stderr and the others are still written), 2 for a problem with the arguments, the model or the
+language model. The checkpoint is all it needs: no config files, from any folder.
+"""
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import torch
+from tqdm import tqdm
+
+from asr.checkpoint import CheckpointError, load_checkpoint, load_model
+from asr.decoding import DecodingOptions
+from asr.segmentation import SegmentationConfig
+from asr.transcription import (
+    DecodeFunction,
+    Utterance,
+    collect_utterances,
+    model_decoder,
+    transcribe,
+    unique_ids,
+)
+
+PROGRAM = "asr-transcribe"
+# Used when the checkpoint does not record its longest training utterance ("max_utterance_seconds").
+DEFAULT_MAX_SEGMENT_SECONDS = 20.0
+# Shallow-fusion weight when --lm comes without --lm-weight: DecodingOptions' own default (0) would
+# silently switch the LM off. A common starting point; tune it on a development set.
+DEFAULT_LM_WEIGHT = 0.3
+
+_EPILOG = """\
+inputs: audio files (wav, flac, ogg, mp3, ...; any sample rate; channels are averaged), folders
+(searched recursively) and lhotse manifests (*.jsonl, *.jsonl.gz, *.json: a CutSet or a RecordingSet).
+ids: the file name without its extension, or the cut id. When inputs share an id, each of them is
+named by its path relative to the folder they share (without, then with, the extension; for cuts,
+the manifest's path without suffix, "/", then the cut id), and an input given twice gets "#2", ...
+Whitespace in ids becomes "_". Recordings longer than --max-segment-seconds are cut at pauses."""
+
+
+class _UsageError(Exception):
+    """A problem with the arguments, the model or the language model: one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything `main` needs once the arguments have been checked."""
+
+    decode_texts: DecodeFunction
+    sample_rate: int
+    segmentation: SegmentationConfig
+    output: TextIO
+    segments: TextIO | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = DecodingOptions()
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM,
+        description="Transcribe speech with a Listen-Attend-Spell checkpoint.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders or lhotse manifests")
+    parser.add_argument("--model", required=True, metavar="CKPT", help="model checkpoint (required)")
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        default=defaults.beam_size,
+        metavar="N",
+        help="beam width; 1 is greedy search (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=defaults.ctc_weight,
+        metavar="W",
+        help="weight of CTC prefix scores in the search, 0 to 1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="recordings or segments decoded together (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-seconds",
+        type=float,
+        default=400.0,
+        metavar="S",
+        help="cap on a batch's padded audio: size x longest (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="D",
+        help="auto (cuda when available), cpu, cuda or cuda:N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output", default=None, metavar="FILE", help="write 'utt_id<TAB>text' lines here (default: stdout)"
+    )
+    parser.add_argument(
+        "--segments",
+        default=None,
+        metavar="FILE",
+        help="also write 'utt_id<TAB>start<TAB>end<TAB>text' per decoded segment, in seconds (default: none)",
+    )
+    parser.add_argument(
+        "--max-segment-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="longer recordings are cut at pauses into segments no longer than this "
+        "(default: the checkpoint's max_utterance_seconds, else "
+        f"{DEFAULT_MAX_SEGMENT_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--lm",
+        default=None,
+        metavar="CKPT",
+        help="language-model checkpoint for shallow fusion (default: none)",
+    )
+    parser.add_argument(
+        "--lm-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help=f"shallow-fusion weight of the --lm scores (default: {DEFAULT_LM_WEIGHT} with --lm)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `asr-transcribe`; returns the exit status (0 all transcribed, 1 some failed, 2 bad usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        setup = _set_up(args)
+    except _UsageError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 2
+
+    failures: list[str] = []
+
+    def report_error(message: str) -> None:
+        failures.append(message)
+        tqdm.write(f"{PROGRAM}: error: {message}", file=sys.stderr)  # keeps a progress bar intact
+
+    utterances = collect_utterances(args.inputs, report_error)
+    if not utterances and not failures:
+        _close(setup)
+        print(f"{PROGRAM}: error: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    _rename_duplicates(utterances)
+    report = transcribe(
+        utterances,
+        setup.decode_texts,
+        setup.sample_rate,
+        segmentation=setup.segmentation,
+        batch_size=args.batch_size,
+        max_batch_seconds=args.max_batch_seconds,
+        on_error=report_error,
+    )
+    _write_results(utterances, setup)
+    # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
+    report = dataclasses.replace(report, num_failed=len(failures))
+    print(f"{PROGRAM}: {report.summary()}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _set_up(args: argparse.Namespace) -> _Setup:
+    """Check the arguments, load the model (and LM), open the outputs; raises _UsageError."""
+    _check_numbers(args)
+    device = _resolve_device(args.device)
+    try:
+        # The raw dict is read for the training metadata that load_model does not return.
+        max_utterance_seconds = load_checkpoint(args.model).get("max_utterance_seconds")
+        model, tokenizer = load_model(args.model, device)
+    except CheckpointError as error:
+        raise _UsageError(str(error)) from None
+    language_model = _load_language_model(args, model, device)
+    option_values = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight}
+    if language_model is not None:
+        option_values["lm_weight"] = DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
+    try:
+        options = DecodingOptions(**option_values)
+    except ValueError as error:  # DecodingOptions checks its own ranges
+        raise _UsageError(str(error)) from None
+    decode_texts = model_decoder(model, tokenizer, options, language_model, device)
+    max_segment_seconds = args.max_segment_seconds
+    if max_segment_seconds is None:
+        valid = isinstance(max_utterance_seconds, (int, float)) and max_utterance_seconds > 0
+        max_segment_seconds = float(max_utterance_seconds) if valid else DEFAULT_MAX_SEGMENT_SECONDS
+    # Opened now, so that an unwritable path fails before the decoding, not after it.
+    output = _open_for_writing(args.output) if args.output else sys.stdout
+    segments = _open_for_writing(args.segments) if args.segments else None
+    return _Setup(
+        decode_texts=decode_texts,
+        sample_rate=model.config.features.sample_rate,
+        segmentation=SegmentationConfig(max_segment_seconds=max_segment_seconds),
+        output=output,
+        segments=segments,
+    )
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.beam_size < 1:
+        raise _UsageError(f"--beam-size must be at least 1, got {args.beam_size}")
+    if args.batch_size < 1:
+        raise _UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.max_batch_seconds <= 0:
+        raise _UsageError(f"--max-batch-seconds must be positive, got {args.max_batch_seconds}")
+    if not 0 <= args.ctc_weight <= 1:
+        raise _UsageError(f"--ctc-weight must be between 0 and 1, got {args.ctc_weight}")
+    # 0.04 s is four 10 ms energy frames: the least the segmenter can cut at a pause.
+    if args.max_segment_seconds is not None and args.max_segment_seconds < 0.04:
+        raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
+    if args.lm_weight is not None and args.lm is None:
+        raise _UsageError("--lm-weight needs --lm")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise _UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise _UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise _UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise _UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _load_language_model(args: argparse.Namespace, model, device: torch.device):
+    """The LM for shallow fusion, or None without --lm; raises _UsageError when it cannot be used."""
+    if args.lm is None:
+        return None
+    import asr.lm
+
+    loader = getattr(asr.lm, "load_language_model", None)
+    if loader is None:
+        raise _UsageError(
+            "language-model fusion needs asr.lm.load_language_model, which this version of the "
+            "package does not have yet; transcribe without --lm"
+        )
+    try:
+        loaded = loader(args.lm, device)
+    except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as error:
+        raise _UsageError(f"{args.lm}: cannot load language model: {error}") from None
+    language_model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, tokenizer) or model
+    vocab_size = getattr(getattr(language_model, "config", None), "vocab_size", None)
+    if vocab_size is not None and vocab_size != model.config.vocab_size:
+        raise _UsageError(
+            f"{args.lm}: the language model has {vocab_size} tokens but the model has "
+            f"{model.config.vocab_size}; they must share a tokenizer"
+        )
+    return language_model.to(device).eval()
+
+
+def _open_for_writing(path: str) -> TextIO:
+    try:
+        return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 -- closed by _write_results
+    except OSError as error:
+        raise _UsageError(f"{path}: cannot write ({error.strerror})") from None
+
+
+def _rename_duplicates(utterances: list[Utterance]) -> None:
+    for utterance, new_id in zip(utterances, unique_ids(utterances), strict=True):
+        if new_id != utterance.id:
+            print(
+                f"{PROGRAM}: warning: {utterance.audio.name} is written as {new_id!r} "
+                f"(its id {utterance.id!r} is shared or holds whitespace)",
+                file=sys.stderr,
+            )
+            utterance.id = new_id
+
+
+def _write_results(utterances: list[Utterance], setup: _Setup) -> None:
+    """Transcripts in input order, failed recordings left out; segment lines in time order."""
+    done = [utterance for utterance in utterances if utterance.error is None]
+    setup.output.writelines(f"{utterance.id}\t{utterance.text}\n" for utterance in done)
+    if setup.segments is not None:
+        for utterance in done:
+            for segment, text in zip(utterance.segments, utterance.texts, strict=True):
+                setup.segments.write(f"{utterance.id}\t{segment.start:.2f}\t{segment.end:.2f}\t{text}\n")
+    _close(setup)
+
+
+def _close(setup: _Setup) -> None:
+    setup.output.flush()
+    if setup.output is not sys.stdout:
+        setup.output.close()
+    if setup.segments is not None:
+        setup.segments.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

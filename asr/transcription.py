@@ -1,0 +1,390 @@
+"""Transcribe many recordings: find them, cut long ones, batch the pieces by duration, decode, reassemble.
+
+    inputs (files, folders, lhotse manifests) -> Utterance (id, audio)       `collect_utterances`
+    -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
+    -> batches of similar duration, longest first                           `make_batches`
+    -> texts, joined per recording in time order, in input order            `transcribe`
+
+Only a batch of pieces is held in memory at a time, so an hour-long recording costs the energy
+envelope of `asr.segmentation` plus one batch of segments. Batching never changes a result: the
+model is exact under padding and the pieces are reassembled by position, not by completion order.
+"""
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lhotse
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asr.audio import AudioError, audio_info, find_audio_files, load_audio
+from asr.segmentation import Segment, SegmentationConfig, energy_envelope, find_segments, segment_file
+
+MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+
+# Texts for a padded batch: waves (B, S) float32 and wave_lens (B,), both on the CPU.
+DecodeFunction = Callable[[torch.Tensor, torch.Tensor], list[str]]
+
+
+@dataclass(frozen=True)
+class FileAudio:
+    """A recording stored as one audio file."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def duration(self) -> float:
+        return audio_info(self.path).duration
+
+    def load(self, sample_rate: int, segment: Segment | None = None) -> torch.Tensor:
+        """Mono float32 (num_samples,) at `sample_rate`: the whole file, or just `segment`."""
+        if segment is None:
+            return load_audio(self.path, sample_rate)
+        return load_audio(self.path, sample_rate, offset=segment.start, duration=segment.duration)
+
+    def segments(self, config: SegmentationConfig) -> list[Segment]:
+        return segment_file(self.path, config)
+
+
+@dataclass(frozen=True)
+class CutAudio:
+    """A recording, or part of one, described by a lhotse cut in a manifest."""
+
+    cut: lhotse.cut.Cut
+    manifest: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest}:{self.cut.id}"
+
+    def duration(self) -> float:
+        return self.cut.duration
+
+    def load(self, sample_rate: int, segment: Segment | None = None) -> torch.Tensor:
+        """Mono float32 (num_samples,) at `sample_rate`: the whole cut, or just `segment` of it."""
+        piece = (
+            self.cut
+            if segment is None
+            else self.cut.truncate(offset=segment.start, duration=segment.duration)
+        )
+        samples = self._samples(piece.resample(sample_rate) if piece.sampling_rate != sample_rate else piece)
+        return torch.from_numpy(samples)
+
+    def segments(self, config: SegmentationConfig) -> list[Segment]:
+        envelope = energy_envelope(
+            self._blocks(config.block_seconds), self.cut.sampling_rate, config.frame_seconds
+        )
+        return find_segments(envelope, config)
+
+    def _blocks(self, block_seconds: float) -> Iterator[np.ndarray]:
+        num_blocks = int(np.ceil(self.cut.duration / block_seconds))
+        for index in range(num_blocks):
+            offset = index * block_seconds
+            duration = min(block_seconds, self.cut.duration - offset)
+            yield self._samples(self.cut.truncate(offset=offset, duration=duration))
+
+    def _samples(self, cut) -> np.ndarray:
+        try:
+            audio = cut.load_audio()  # (channels, samples)
+        except Exception as error:  # noqa: BLE001 -- lhotse raises many types for unreadable audio
+            raise AudioError(f"{self.name}: cannot load audio ({error})") from error
+        # (channels, samples) -> (samples,): average the channels, as load_audio does
+        samples = np.asarray(audio, dtype=np.float32)
+        samples = samples.mean(axis=0) if samples.ndim == 2 else samples
+        if samples.size == 0:
+            raise AudioError(f"{self.name}: no audio samples")
+        if not np.isfinite(samples).all():
+            raise AudioError(f"{self.name}: {int((~np.isfinite(samples)).sum())} samples are NaN or infinite")
+        return np.ascontiguousarray(samples)
+
+
+@dataclass
+class Utterance:
+    """One recording to transcribe, and what became of it."""
+
+    id: str
+    audio: FileAudio | CutAudio
+    duration: float = 0.0  # seconds, known after `plan_pieces`
+    segments: list[Segment] = field(default_factory=list)  # the decoded pieces, in time order
+    texts: list[str] = field(default_factory=list)  # one per segment
+    error: str | None = None  # why it failed; None while it has not
+
+    @property
+    def text(self) -> str:
+        return " ".join(text for text in self.texts if text)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One segment of one utterance: the unit that is batched and decoded."""
+
+    utterance: int  # index into the utterance list
+    index: int  # index into that utterance's segments
+    segment: Segment | None  # None: the whole recording, read without seeking
+    duration: float
+
+
+def collect_utterances(inputs: Sequence[str], on_error: Callable[[str], None]) -> list[Utterance]:
+    """Expand audio files, folders (searched recursively) and lhotse manifests into utterances.
+
+    Ids are file names without the extension, or cut ids for manifests; `unique_ids` then resolves
+    clashes. An input that does not exist or a manifest that cannot be read is reported through
+    `on_error` and skipped.
+    """
+    utterances: list[Utterance] = []
+    for item in inputs:
+        path = Path(item)
+        try:
+            if path.is_file() and path.name.lower().endswith(MANIFEST_SUFFIXES):
+                utterances.extend(Utterance(cut.id, CutAudio(cut, path)) for cut in _manifest_cuts(path))
+            else:
+                utterances.extend(Utterance(file.stem, FileAudio(file)) for file in find_audio_files([path]))
+        except AudioError as error:
+            on_error(str(error))
+    return utterances
+
+
+def unique_ids(utterances: list[Utterance]) -> list[str]:
+    """Ids that are distinct and free of whitespace, the same as the utterances' where possible.
+
+    Whitespace becomes "_" (transcript files separate the id from the text at the first space).
+    When several utterances share an id, each of them is named instead by its path relative to
+    the folder their paths share, without the extension (cuts: manifest path without suffix,
+    then "/" and the cut id); with the extension if that is still ambiguous; and an input given
+    twice gets "#2", "#3", ... on its later occurrences.
+
+    Returns
+    -------
+    list of str, length = len(utterances)
+    """
+    ids = ["_".join(utterance.id.split()) or "_" for utterance in utterances]
+    groups: dict[str, list[int]] = {}
+    for index, utterance_id in enumerate(ids):
+        groups.setdefault(utterance_id, []).append(index)
+    for indices in groups.values():
+        if len(indices) > 1:
+            for index, name in zip(indices, _distinct_names([utterances[i] for i in indices]), strict=True):
+                ids[index] = name
+    # Renamed ids can still meet another input's id (or each other): number the later ones.
+    seen: set[str] = set()
+    for index, utterance_id in enumerate(ids):
+        candidate, number = utterance_id, 1
+        while candidate in seen:
+            number += 1
+            candidate = f"{utterance_id}#{number}"
+        ids[index] = candidate
+        seen.add(candidate)
+    return ids
+
+
+def plan_pieces(
+    utterances: list[Utterance], config: SegmentationConfig, on_error: Callable[[str], None]
+) -> list[Piece]:
+    """Measure every utterance and cut the long ones into segments.
+
+    An utterance no longer than `config.max_segment_seconds` is one piece, decoded whole (not
+    trimmed); a longer one is segmented by `asr.segmentation`, reading it in blocks. A recording
+    that cannot be read gets `error` set, is reported through `on_error`, and has no pieces.
+    """
+    pieces = []
+    for utterance_index, utterance in enumerate(utterances):
+        try:
+            utterance.duration = utterance.audio.duration()
+            if utterance.duration <= config.max_segment_seconds:
+                utterance.segments = [Segment(0.0, utterance.duration)]
+                pieces.append(Piece(utterance_index, 0, None, utterance.duration))
+                continue
+            utterance.segments = utterance.audio.segments(config)
+        except AudioError as error:
+            utterance.error = str(error)
+            on_error(utterance.error)
+            continue
+        for index, segment in enumerate(utterance.segments):
+            pieces.append(Piece(utterance_index, index, segment, segment.duration))
+    return pieces
+
+
+def make_batches(pieces: list[Piece], batch_size: int, max_batch_seconds: float) -> list[list[Piece]]:
+    """Group pieces of similar duration, longest first.
+
+    A batch holds at most `batch_size` pieces, and at most `max_batch_seconds` of padded audio
+    (its size times its longest piece), but always at least one piece. Longest first means a batch
+    that does not fit on the device fails at the start, not after an hour.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    # Ties are broken by position, so the batches depend only on the inputs.
+    ordered = sorted(pieces, key=lambda piece: (-piece.duration, piece.utterance, piece.index))
+    batches: list[list[Piece]] = []
+    for piece in ordered:
+        if batches:
+            batch = batches[-1]
+            # The batch's first piece is its longest, so padded seconds = size * that duration.
+            if len(batch) < batch_size and (len(batch) + 1) * batch[0].duration <= max_batch_seconds:
+                batch.append(piece)
+                continue
+        batches.append([piece])
+    return batches
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a run did, for the summary line on stderr."""
+
+    num_files: int  # utterances transcribed
+    num_failed: int
+    audio_seconds: float  # duration of the transcribed recordings
+    wall_seconds: float  # from planning to the last batch, model loading excluded
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.wall_seconds / self.audio_seconds if self.audio_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        files = f"{self.num_files} file{'' if self.num_files == 1 else 's'}"
+        failed = f"; {self.num_failed} failed" if self.num_failed else ""
+        return (
+            f"{files}, {self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s "
+            f"(real-time factor {self.real_time_factor:.3f}){failed}"
+        )
+
+
+def transcribe(
+    utterances: list[Utterance],
+    decode_texts: DecodeFunction,
+    sample_rate: int,
+    *,
+    segmentation: SegmentationConfig,
+    batch_size: int,
+    max_batch_seconds: float,
+    on_error: Callable[[str], None],
+    progress: bool | None = None,
+) -> Report:
+    """Transcribe `utterances` in place: each gets `texts` per segment, or `error`.
+
+    Parameters
+    ----------
+    utterances : list of Utterance
+        With unique ids; their order is the output order.
+    decode_texts : DecodeFunction
+        Texts of a padded batch, e.g. `model_decoder(...)`.
+    sample_rate : int
+        The model's input rate; audio is resampled to it.
+    segmentation : SegmentationConfig
+        Its `max_segment_seconds` decides which recordings are segmented.
+    batch_size, max_batch_seconds
+        See `make_batches`.
+    on_error : callable
+        Called with a one-line message for every recording that fails.
+    progress : bool or None
+        Show a progress bar on stderr; None shows it when stderr is a terminal.
+
+    Returns
+    -------
+    Report
+    """
+    start = time.perf_counter()
+    pieces = plan_pieces(utterances, segmentation, on_error)
+    for utterance in utterances:
+        utterance.texts = [""] * len(utterance.segments)
+    # tqdm's disable=None means "disable unless the stream is a terminal".
+    disable = None if progress is None else not progress
+    total_seconds = sum(piece.duration for piece in pieces)
+    with tqdm(total=total_seconds, unit="s", desc="audio", file=sys.stderr, disable=disable) as bar:
+        for batch in make_batches(pieces, batch_size, max_batch_seconds):
+            _decode_batch(batch, utterances, decode_texts, sample_rate, on_error)
+            bar.update(sum(piece.duration for piece in batch))
+    done = [utterance for utterance in utterances if utterance.error is None]
+    return Report(
+        num_files=len(done),
+        num_failed=len(utterances) - len(done),
+        audio_seconds=sum(utterance.duration for utterance in done),
+        wall_seconds=time.perf_counter() - start,
+    )
+
+
+def model_decoder(model, tokenizer, options, language_model=None, device="cpu") -> DecodeFunction:
+    """A `DecodeFunction` that runs `asr.decoding.decode` on `device` and detokenises."""
+    from asr.decoding import decode  # the search, imported where it is used
+
+    def decode_texts(waves: torch.Tensor, wave_lens: torch.Tensor) -> list[str]:
+        with torch.inference_mode():
+            hypotheses = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
+        return [tokenizer.decode(hypothesis.tokens) for hypothesis in hypotheses]
+
+    return decode_texts
+
+
+def _decode_batch(
+    batch: list[Piece],
+    utterances: list[Utterance],
+    decode_texts: DecodeFunction,
+    sample_rate: int,
+    on_error: Callable[[str], None],
+) -> None:
+    """Load the batch's audio, decode it, and file each text under its utterance and segment."""
+    loaded, waves = [], []
+    for piece in batch:
+        utterance = utterances[piece.utterance]
+        if utterance.error is not None:
+            continue  # an earlier segment of this recording failed; its text is lost anyway
+        try:
+            waves.append(utterance.audio.load(sample_rate, piece.segment))
+        except AudioError as error:
+            utterance.error = str(error)
+            on_error(utterance.error)
+            continue
+        loaded.append(piece)
+    if not loaded:
+        return
+    wave_lens = torch.tensor([wave.numel() for wave in waves])
+    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)  # (B, S), zero-padded
+    for piece, text in zip(loaded, decode_texts(padded, wave_lens), strict=True):
+        utterances[piece.utterance].texts[piece.index] = text
+
+
+def _manifest_cuts(path: Path) -> list:
+    try:
+        manifest = lhotse.load_manifest(path)
+    except Exception as error:  # noqa: BLE001 -- lhotse raises many types for a bad manifest
+        raise AudioError(f"{path}: not a readable lhotse manifest ({error})") from error
+    if isinstance(manifest, lhotse.RecordingSet):
+        return [recording.to_cut() for recording in manifest]
+    if isinstance(manifest, lhotse.CutSet):
+        return list(manifest)
+    raise AudioError(f"{path}: a {type(manifest).__name__} has no audio; give a CutSet or a RecordingSet")
+
+
+def _distinct_names(group: list[Utterance]) -> list[str]:
+    """Names for utterances that share an id: relative paths, without then with the extension.
+
+    An input given more than once keeps one name for all its occurrences (the caller numbers them).
+    """
+    num_sources = len({_source_path(utterance, keep_suffix=True) for utterance in group})
+    if num_sources == 1:
+        return ["_".join(utterance.id.split()) or "_" for utterance in group]
+    for keep_suffix in (False, True):
+        paths = [_source_path(utterance, keep_suffix) for utterance in group]
+        common = os.path.commonpath(paths)
+        names = ["_".join(Path(os.path.relpath(path, common)).as_posix().split()) for path in paths]
+        if len(set(names)) == num_sources:
+            return names
+    return names  # unreachable: paths with their extensions differ whenever the sources do
+
+
+def _source_path(utterance: Utterance, keep_suffix: bool) -> str:
+    audio = utterance.audio
+    if isinstance(audio, CutAudio):
+        manifest = audio.manifest.resolve()
+        stem = manifest.name[: -len(next(s for s in MANIFEST_SUFFIXES if manifest.name.lower().endswith(s)))]
+        return os.path.join(manifest.parent, stem, audio.cut.id)
+    path = audio.path.resolve()
+    return str(path if keep_suffix else path.with_suffix(""))

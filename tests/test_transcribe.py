@@ -1,0 +1,356 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lhotse
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import asr.lm
+from asr.checkpoint import load_model, model_state, save_checkpoint
+from asr.cli.transcribe import main
+from asr.decoding import DecodingOptions
+from asr.features import FeatureConfig
+from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from asr.segmentation import SegmentationConfig
+from asr.tokenizer import CharTokenizer
+from asr.transcription import (
+    FileAudio,
+    Piece,
+    Utterance,
+    make_batches,
+    model_decoder,
+    transcribe,
+    unique_ids,
+)
+
+MODEL_RATE = 8000
+# Small beams keep the random model's searches short; > 1 still exercises batched beam search.
+FAST = ["--beam-size", "2", "--ctc-weight", "0.3"]
+
+
+def _build_checkpoint(path: Path, **extra) -> Path:
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer.build(["abc def"])
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        features=FeatureConfig(sample_rate=MODEL_RATE, num_mel_bins=20),
+        encoder=EncoderConfig(input_dim=20, hidden_dim=16, num_layers=0, num_pyramid_levels=3, ctc_level=2),
+        attention=AttentionConfig(attention_dim=16),
+        decoder=DecoderConfig(embedding_dim=8, hidden_dim=16),
+    )
+    model = LAS(config)
+    with torch.no_grad():
+        # A random model ends late or never; a strong eos bias keeps its hypotheses short.
+        model.decoder.output.bias[tokenizer.eos_id] += 3.0
+    save_checkpoint({**model_state(model, tokenizer), **extra}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _build_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def _speechlike(seconds: float, rate: int, seed: int, channels: int = 1) -> np.ndarray:
+    """Noise modulated at syllable rate: the model hears something different in every file."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(round(seconds * rate)) / rate
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(2, 5) * time)
+    signal = 0.3 * envelope * rng.standard_normal(time.size)
+    if channels > 1:
+        signal = np.stack([signal, 0.5 * signal], axis=1)
+    return signal.astype(np.float32)
+
+
+def _write(
+    path: Path, seconds: float, rate: int = MODEL_RATE, seed: int = 0, channels: int = 1, **kw
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, _speechlike(seconds, rate, seed, channels), rate, **kw)
+    return path
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    status = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _lines(text: str) -> list[list[str]]:
+    return [line.split("\t") for line in text.splitlines()]
+
+
+def test_outputs_in_input_order_with_file_ids(tmp_path, capsys, checkpoint):
+    inputs = [
+        _write(tmp_path / "zeta.wav", 1.5, rate=8000, seed=1),
+        _write(tmp_path / "alpha.flac", 0.7, rate=16000, seed=2, channels=2),
+        _write(tmp_path / "mid.ogg", 2.2, rate=44100, seed=3),
+    ]
+    segments = tmp_path / "segments.tsv"
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--device", "cpu", "--segments", segments, *inputs
+    )
+    assert status == 0, err
+    rows = _lines(out)
+    assert [row[0] for row in rows] == ["zeta", "alpha", "mid"]
+    assert all(len(row) == 2 for row in rows)
+    assert "3 files, 4.4 s of audio" in err and "real-time factor" in err
+    # Short recordings are one segment each, whole (not trimmed), with the same text.
+    segment_rows = _lines(segments.read_text())
+    assert [row[:3] for row in segment_rows] == [
+        ["zeta", "0.00", "1.50"],
+        ["alpha", "0.00", "0.70"],
+        ["mid", "0.00", "2.20"],
+    ]
+    assert [row[3] for row in segment_rows] == [row[1] for row in rows]
+
+
+def test_no_audio_found_is_a_usage_error(tmp_path, capsys, checkpoint):
+    (tmp_path / "empty_folder").mkdir()
+    status, out, err = _run(capsys, "--model", checkpoint, tmp_path / "empty_folder")
+    assert status == 2 and out == "" and "no audio files found" in err
+
+
+def test_batching_does_not_change_results(tmp_path, capsys, checkpoint):
+    inputs = [_write(tmp_path / f"u{i}.wav", 0.4 + 0.37 * i, seed=i) for i in range(7)]
+    outputs = []
+    for batch_size in ("1", "8"):
+        status, out, err = _run(capsys, "--model", checkpoint, *FAST, "--batch-size", batch_size, *inputs)
+        assert status == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    assert len(_lines(outputs[0])) == 7
+
+
+def test_folders_are_searched_recursively(tmp_path, capsys, checkpoint):
+    _write(tmp_path / "corpus" / "b.wav", 0.5, seed=1)
+    _write(tmp_path / "corpus" / "deep" / "er" / "a.flac", 0.5, seed=2)
+    _write(tmp_path / "corpus" / ".hidden" / "c.wav", 0.5, seed=3)
+    (tmp_path / "corpus" / "notes.txt").write_text("not audio")
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, tmp_path / "corpus")
+    assert status == 0, err
+    assert sorted(row[0] for row in _lines(out)) == ["a", "b"]
+
+
+def test_shared_ids_are_made_unique_by_relative_path(tmp_path, capsys, checkpoint):
+    first = _write(tmp_path / "x" / "a.wav", 0.5, seed=1)
+    _write(tmp_path / "y" / "a.wav", 0.6, seed=2)
+    third = _write(tmp_path / "y" / "a.flac", 0.7, seed=3)
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, first, tmp_path / "y", first)
+    assert status == 0, err
+    assert [row[0] for row in _lines(out)] == ["x/a.wav", "y/a.flac", "y/a.wav", "x/a.wav#2"]
+    assert f"{third} is written as 'y/a.flac'" in err
+    assert _lines(out)[0][1] == _lines(out)[3][1]  # the same file twice, the same text
+
+
+def test_ids_keep_no_whitespace():
+    utterances = [
+        Utterance("my file", FileAudio(Path("my file.wav"))),
+        Utterance("b", FileAudio(Path("b.wav"))),
+    ]
+    assert unique_ids(utterances) == ["my_file", "b"]
+
+
+def test_manifest_inputs_use_cut_ids(tmp_path, capsys, checkpoint):
+    long_recording = lhotse.Recording.from_file(_write(tmp_path / "audio" / "rec.flac", 3.0, rate=16000))
+    cuts = lhotse.CutSet.from_cuts(
+        [
+            long_recording.to_cut().truncate(offset=1.0, duration=1.2).with_id("second-part"),
+            long_recording.to_cut().truncate(offset=0.0, duration=0.8).with_id("first-part"),
+        ]
+    )
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    recordings = lhotse.RecordingSet.from_recordings(
+        [
+            lhotse.Recording.from_file(
+                _write(tmp_path / "audio" / "other.wav", 0.9, seed=5), recording_id="rec-7"
+            )
+        ]
+    )
+    recordings.to_file(tmp_path / "recordings.json")
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, tmp_path / "cuts.jsonl.gz", tmp_path / "recordings.json"
+    )
+    assert status == 0, err
+    assert [row[0] for row in _lines(out)] == ["second-part", "first-part", "rec-7"]
+    assert "3 files, 2.9 s of audio" in err
+
+
+def test_bad_files_are_reported_and_the_rest_transcribed(tmp_path, capsys, checkpoint):
+    good = [_write(tmp_path / "good1.wav", 0.6, seed=1), _write(tmp_path / "good2.flac", 0.8, seed=2)]
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("this is not audio\n")
+    samples = _speechlike(1.0, MODEL_RATE, 3)
+    samples[100] = np.nan
+    soundfile.write(tmp_path / "nan.wav", samples, MODEL_RATE, subtype="FLOAT")
+    bad = [tmp_path / "empty.wav", tmp_path / "text.wav", tmp_path / "nan.wav", tmp_path / "missing.wav"]
+    output = tmp_path / "out.txt"
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, "--output", output, good[0], *bad, good[1])
+    assert status == 1
+    assert out == ""
+    assert [row[0] for row in _lines(output.read_text())] == ["good1", "good2"]
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 4
+    for path, problem in zip(bad, ["empty", "not", "NaN", "no such file"], strict=True):
+        assert any(str(path) in line and problem in line for line in error_lines), (path, err)
+    assert "Traceback" not in err and "2 files" in err and "4 failed" in err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["--model", "{tmp}/corrupt.pt"], "not a readable checkpoint"),
+        (["--model", "{model}", "--lm-weight", "0.5"], "--lm-weight needs --lm"),
+        (["--model", "{model}", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--model", "{model}", "--device", "tpu"], "--device"),
+        (["--model", "{model}", "--output", "{tmp}/no/such/folder/out.txt"], "cannot write"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, checkpoint, arguments, message):
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    audio = _write(tmp_path / "a.wav", 0.5)
+    argv = [arg.format(tmp=tmp_path, model=checkpoint) for arg in arguments]
+    status, out, err = _run(capsys, *argv, audio)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys, checkpoint):
+    status, _, err = _run(capsys, "--model", checkpoint, "--device", "cuda", _write(tmp_path / "a.wav", 0.5))
+    assert status == 2 and "CUDA is not available" in err
+
+
+@pytest.mark.skipif(hasattr(asr.lm, "load_language_model"), reason="asr.lm can load language models now")
+def test_lm_fusion_without_a_loader_says_what_is_missing(tmp_path, capsys, checkpoint):
+    status, _, err = _run(capsys, "--model", checkpoint, "--lm", checkpoint, _write(tmp_path / "a.wav", 0.5))
+    assert status == 2 and "language-model fusion needs" in err
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    defaults = DecodingOptions()
+    assert (
+        f"(default: {defaults.beam_size})" in help_text and f"(default: {defaults.ctc_weight})" in help_text
+    )
+    assert "(default: auto)" in help_text and "max_utterance_seconds, else 20" in help_text
+
+
+def test_checkpoint_max_utterance_seconds_sets_the_segment_length(tmp_path, capsys):
+    model = _build_checkpoint(tmp_path / "model.pt", max_utterance_seconds=4.0)
+    audio = _write(tmp_path / "long.wav", 9.0)
+    segments_path = tmp_path / "segments.tsv"
+    status, out, err = _run(capsys, "--model", model, *FAST, "--segments", segments_path, audio)
+    assert status == 0, err
+    segments = [(float(row[1]), float(row[2])) for row in _lines(segments_path.read_text())]
+    assert len(segments) >= 3 and all(end - start <= 4.0 + 1e-6 for start, end in segments)
+
+
+def _burst_recording(path: Path, minutes: int) -> Path:
+    """Speech-like bursts of 2-6 s with 0.5-1.5 s pauses, written a minute at a time."""
+    rng = np.random.default_rng(0)
+    with soundfile.SoundFile(path, "w", samplerate=MODEL_RATE, channels=1, subtype="PCM_16") as audio_file:
+        for minute in range(minutes):
+            parts, length = [], 0.0
+            while length < 60.0:
+                burst, pause = rng.uniform(2.0, 6.0), rng.uniform(0.5, 1.5)
+                parts += [
+                    _speechlike(burst, MODEL_RATE, seed=minute * 100 + len(parts)),
+                    np.zeros(round(pause * MODEL_RATE), np.float32),
+                ]
+                length += burst + pause
+            audio_file.write(np.concatenate(parts)[: 60 * MODEL_RATE])
+    return path
+
+
+@pytest.mark.slow
+def test_long_recording_is_segmented_decoded_and_joined(tmp_path, capsys, checkpoint):
+    audio = _burst_recording(tmp_path / "lecture.wav", minutes=3)
+    segments_path, output = tmp_path / "segments.tsv", tmp_path / "out.txt"
+    status, _, err = _run(
+        capsys,
+        "--model",
+        checkpoint,
+        *FAST,
+        "--max-segment-seconds",
+        "15",
+        "--segments",
+        segments_path,
+        "--output",
+        output,
+        audio,
+    )
+    assert status == 0, err
+    rows = _lines(segments_path.read_text())
+    times = [(float(row[1]), float(row[2])) for row in rows]
+    assert len(rows) >= 12 and all(row[0] == "lecture" for row in rows)
+    assert all(0 < end - start <= 15.0 + 1e-6 for start, end in times)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(times, times[1:], strict=False))
+    assert times[0][0] < 1.0 and times[-1][1] > 179.0
+    [(utterance_id, text)] = _lines(output.read_text())
+    assert utterance_id == "lecture"
+    assert text == " ".join(row[3] for row in rows if row[3])
+    assert "1 file, 180.0 s of audio" in err
+
+
+def test_only_a_batch_of_segments_is_loaded_at_a_time(tmp_path, checkpoint):
+    # Spy on the real decoder: every batch it sees is a few segments, never the recording.
+    audio = _burst_recording(tmp_path / "long.wav", minutes=1)
+    model, tokenizer = load_model(checkpoint)
+    decode = model_decoder(model, tokenizer, DecodingOptions(beam_size=1))
+    batch_samples = []
+
+    def spy(waves, wave_lens):
+        batch_samples.append(waves.numel())
+        return decode(waves, wave_lens)
+
+    utterances = [Utterance("long", FileAudio(audio))]
+    segmentation = SegmentationConfig(max_segment_seconds=8.0)
+    report = transcribe(
+        utterances,
+        spy,
+        MODEL_RATE,
+        segmentation=segmentation,
+        batch_size=2,
+        max_batch_seconds=100.0,
+        on_error=pytest.fail,
+        progress=False,
+    )
+    assert report.num_files == 1 and report.audio_seconds == pytest.approx(60.0)
+    assert len(utterances[0].segments) >= 8
+    assert max(batch_samples) <= 2 * 8.0 * MODEL_RATE  # two segments of at most 8 s
+    assert sum(batch_samples) < 2 * 60 * MODEL_RATE
+
+
+def test_batches_are_sorted_by_duration_and_capped():
+    durations = [3.0, 9.0, 1.0, 9.0, 5.0]
+    pieces = [Piece(i, 0, None, duration) for i, duration in enumerate(durations)]
+    batches = make_batches(pieces, batch_size=2, max_batch_seconds=12.0)
+    assert [[piece.utterance for piece in batch] for batch in batches] == [[1], [3], [4, 0], [2]]
+
+
+def test_installed_command_runs_from_any_folder(tmp_path, checkpoint):
+    command = shutil.which("asr-transcribe", path=str(Path(sys.executable).parent))
+    if command is None:
+        pytest.skip("asr-transcribe is not installed in this environment")
+    audio = _write(tmp_path / "clip.wav", 0.6)
+    environment = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run(
+        [command, "--model", str(checkpoint), *FAST, str(audio)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("clip\t")
