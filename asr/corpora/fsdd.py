@@ -201,18 +201,15 @@ class DigitStrings:
         )
 
     @classmethod
-    def from_options(
-        cls, train_clips: str, dev_cuts: str, strings_per_epoch: int, seed: int = 0, **string_options
-    ):
+    def from_options(cls, train_clips: str, dev_cuts: str, strings_per_epoch: int, seed: int = 0,
+                     exclude_speakers=(), **string_options):
+        """`exclude_speakers` leaves voices out of training (leave-one-speaker-out experiments)."""
         if "speed_factors" in string_options:
             string_options["speed_factors"] = tuple(string_options["speed_factors"])
-        return cls(
-            load_cuts(train_clips),
-            load_cuts(dev_cuts),
-            strings_per_epoch,
-            StringConfig(**string_options),
-            seed,
-        )
+        excluded = set(exclude_speakers or ())
+        clips = load_cuts(train_clips).filter(lambda c: c.custom["speaker"] not in excluded).to_eager()
+        dev = load_cuts(dev_cuts).filter(lambda c: c.id.rsplit("_", 1)[-1] not in excluded).to_eager()
+        return cls(clips, dev, strings_per_epoch, StringConfig(**string_options), seed)
 
     def train_cuts(self, epoch: int) -> CutSet:
         return make_strings(
