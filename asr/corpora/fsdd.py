@@ -118,12 +118,11 @@ def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: in
 
 
 def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
-    """Render strings to FLAC files plus `transcripts.tsv`, and return cuts over those files."""
+    """Render strings to FLAC files plus `transcripts.txt`, and return cuts over those files."""
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     cuts = []
-    with open(out_dir / "transcripts.tsv", "w", encoding="utf-8") as transcripts:
-        transcripts.write("utt_id\ttext\n")
+    with open(out_dir / "transcripts.txt", "w", encoding="utf-8") as transcripts:  # utt_id<TAB>text, as asr-wer reads
         for string in strings:
             text = " ".join(s.text for s in sorted(string.supervisions, key=lambda s: s.start))
             path = audio_dir / f"{string.id}.flac"
