@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from asr.cli.train import build_model
@@ -18,7 +18,7 @@ MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
 def compose_train(overrides):
-    with initialize_config_module(config_module="asr.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 

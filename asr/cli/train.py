@@ -9,6 +9,7 @@ works from any folder after `pip install .`.
 """
 
 import logging
+from pathlib import Path
 
 import hydra
 import torch
@@ -59,7 +60,17 @@ def run(config: DictConfig) -> dict:
     )
 
 
-@hydra.main(version_base="1.3", config_path="pkg://asr.conf", config_name="train")
+def config_path() -> str:
+    """The checkout's `conf/` when running from a checkout, else the installed copy.
+
+    `python -m asr.cli.train` (and `torchrun -m`) run in a checkout import the package from the
+    working folder, where `asr.conf` does not exist as a module; an installed package has it.
+    """
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return str(checkout) if (checkout / "train.yaml").is_file() else "pkg://asr.conf"
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
 def main(config: DictConfig) -> None:
     log.info("config:\n%s", OmegaConf.to_yaml(config))
     run(config)

@@ -52,7 +52,7 @@ def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
     cuts = []
     for path in paths:
         digit, speaker, index, _ = FILE_NAME.match(path.name).groups()
-        recording = Recording.from_file(path, recording_id=path.stem)
+        recording = Recording.from_file(path.resolve(), recording_id=path.stem)
         supervision = SupervisionSegment(
             id=path.stem,
             recording_id=path.stem,
@@ -129,7 +129,7 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
             audio = string.load_audio()[0]
             soundfile.write(path, np.clip(audio, -1, 1), string.sampling_rate, subtype="PCM_16")
             transcripts.write(f"{string.id}\t{text}\n")
-            recording = Recording.from_file(path, recording_id=string.id)
+            recording = Recording.from_file(path.resolve(), recording_id=string.id)
             supervision = SupervisionSegment(
                 id=string.id, recording_id=string.id, start=0.0, duration=recording.duration, text=text
             )
