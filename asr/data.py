@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchaudio
 from lhotse.dataset import DynamicBucketingSampler
-from scipy.signal import lfilter
+from scipy.signal import butter, lfilter, sosfilt
 
 from asr.text import normalize_text
 
@@ -65,22 +65,36 @@ def collate(ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], n
 
 
 @dataclass(frozen=True)
-class NoiseAugmentConfig:
-    """Waveform augmentation for training, applied per utterance with its own seeded generator."""
+class AugmentConfig:
+    """Waveform augmentation for training, applied per utterance with its own seeded generator.
 
-    probability: float = 0.6  # share of utterances that get additive noise
+    Besides noise and level, random filtering imitates other microphones and channels: with five
+    FSDD speakers, each recorded on one setup, the channel is as strong a cue as the voice.
+    """
+
+    noise_probability: float = 0.6  # share of utterances that get additive (white or brown) noise
     min_snr_db: float = 5.0
     max_snr_db: float = 40.0
     min_gain_db: float = -20.0  # random level change applied to every utterance
     max_gain_db: float = 6.0
+    tilt_probability: float = 0.0  # share of utterances whose spectrum is tilted by y[n] = x[n] - a x[n-1]
+    max_tilt: float = 0.7  # a is drawn from [-max_tilt, max_tilt]: > 0 brightens, < 0 muffles
+    lowpass_probability: float = 0.0  # share of utterances low-passed (band-limited microphones, codecs)
+    min_lowpass_ratio: float = 0.5  # cutoff drawn from [min_lowpass_ratio, 0.95] x Nyquist
 
 
-def augment_waveform(wave: np.ndarray, config: NoiseAugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random gain, then (with `config.probability`) white or brown-ish noise at a random SNR."""
+def augment_waveform(wave: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random filtering, gain, then (with `config.noise_probability`) noise at a random SNR."""
+    if rng.random() < config.tilt_probability:
+        tilt = rng.uniform(-config.max_tilt, config.max_tilt)
+        wave = lfilter([1.0, -tilt], [1.0], wave) / (1 + abs(tilt))
+    if rng.random() < config.lowpass_probability:
+        cutoff = rng.uniform(config.min_lowpass_ratio, 0.95)
+        wave = sosfilt(butter(4, cutoff, output="sos"), wave)
     wave = wave * 10 ** (rng.uniform(config.min_gain_db, config.max_gain_db) / 20)
-    if rng.random() < config.probability and len(wave):
+    if rng.random() < config.noise_probability and len(wave):
         noise = rng.standard_normal(len(wave))
-        if rng.random() < 0.5:  # low-pass (coloured) noise: cumulative sum, leaky so it stays bounded
+        if rng.random() < 0.5:  # brown-ish noise: leaky integration keeps it bounded
             noise = lfilter([1.0], [1.0, -0.98], noise)
         signal_power = float(np.mean(wave**2)) + 1e-10
         snr_db = rng.uniform(config.min_snr_db, config.max_snr_db)
@@ -160,7 +174,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self,
         tokenizer,
         sample_rate: int,
-        augment: NoiseAugmentConfig | None = None,
+        augment: AugmentConfig | None = None,
         seed: int = 0,
         cache: AudioCache | None = None,
     ):

@@ -22,6 +22,8 @@ class FeatureConfig:
     f_min: float = 20.0
     f_max: float | None = None  # None: the Nyquist frequency; 4000 makes 8 kHz and 16 kHz audio look alike
     log_floor: float = 1e-6  # added to mel energies before the log, about -90 dB below full-scale speech
+    utterance_mean_norm: bool = False  # subtract each utterance's own mean per bin (cepstral mean
+    # normalisation): removes the fixed colouring of a microphone or channel before the global statistics
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,12 @@ class LogMelFeatures(nn.Module):
             waves = nn.functional.pad(waves, (0, self.n_fft - waves.shape[1]))
         mel = self.mel(waves)  # (B, F, T)
         feats = torch.log(mel + self.config.log_floor).transpose(1, 2)  # (B, T, F)
-        return feats, self.num_frames(wave_lens)
+        feat_lens = self.num_frames(wave_lens)
+        if self.config.utterance_mean_norm:
+            valid = sequence_mask(feat_lens, feats.shape[1])[..., None].to(feats.dtype)
+            mean = (feats * valid).sum(1, keepdim=True) / feat_lens[:, None, None].to(feats.dtype)
+            feats = (feats - mean) * valid
+        return feats, feat_lens
 
 
 class GlobalNormalization(nn.Module):

@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from asr.checkpoint import load_checkpoint, model_state, save_checkpoint
-from asr.data import LoaderConfig, NoiseAugmentConfig, SpeechDataset, make_loader
+from asr.data import LoaderConfig, AugmentConfig, SpeechDataset, make_loader
 from asr.decoding import DecodingOptions, decode
 from asr.features import FeatureStatistics
 from asr.metrics import word_errors
@@ -184,7 +184,9 @@ def validate(model, tokenizer, loader, device, decoding: DecodingOptions) -> dic
         output = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
         loss_sum += float(output.loss) * int(output.num_tokens)
         tokens += int(output.num_tokens)
-        for hypothesis, reference in zip(decode(model, batch.waves, batch.wave_lens, decoding), batch.texts, strict=True):
+        for hypothesis, reference in zip(
+            decode(model, batch.waves, batch.wave_lens, decoding), batch.texts, strict=True
+        ):
             hypotheses.append(tokenizer.decode(hypothesis.tokens))
             references.append(reference)
     errors = word_errors(references, hypotheses)
@@ -214,7 +216,7 @@ def fit(
     options: TrainerOptions,
     optimizer_options: OptimizerOptions,
     loader_config: LoaderConfig,
-    noise: NoiseAugmentConfig | None,
+    augment: AugmentConfig | None,
     decoding: DecodingOptions,
     seed: int = 0,
 ) -> dict:
@@ -224,7 +226,7 @@ def fit(
     device = resolve_device(options.device)
     model.to(device)
     sample_rate = model.config.features.sample_rate
-    train_data = SpeechDataset(tokenizer, sample_rate, noise, seed=seed, cache=corpus.cache)
+    train_data = SpeechDataset(tokenizer, sample_rate, augment, seed=seed, cache=corpus.cache)
     dev_loader = make_loader(
         corpus.dev_cuts(),
         SpeechDataset(tokenizer, sample_rate),

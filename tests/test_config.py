@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from asr.cli.train import build_model
-from asr.data import LoaderConfig, NoiseAugmentConfig
+from asr.data import LoaderConfig, AugmentConfig
 from asr.decoding import DecodingOptions
 from asr.train import OptimizerOptions, TrainerOptions
 
@@ -29,8 +29,8 @@ def check_builds(config):
     optimizer = OmegaConf.to_container(config.optimizer)
     OptimizerOptions(**{**optimizer, "betas": tuple(optimizer["betas"])})
     LoaderConfig(**config.data.loader)
-    if config.data.noise:
-        NoiseAugmentConfig(**config.data.noise)
+    if config.data.augment:
+        AugmentConfig(**config.data.augment)
     DecodingOptions(**config.validation)
     model = build_model(config.model, vocab_size=30)
     waves = torch.randn(2, config.model.features.sample_rate)

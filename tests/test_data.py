@@ -14,7 +14,7 @@ from asr.corpora.fsdd import (
 from asr.data import (
     AudioCache,
     LoaderConfig,
-    NoiseAugmentConfig,
+    AugmentConfig,
     SpeechDataset,
     augment_waveform,
     collate,
@@ -70,7 +70,7 @@ def test_audio_cache_renders_strings_exactly_like_lhotse(clips, tokenizer):
 
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
-    config = NoiseAugmentConfig(probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)
+    config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)
     noisy = augment_waveform(wave, config, np.random.default_rng(1))
     assert np.array_equal(noisy, augment_waveform(wave, config, np.random.default_rng(1)))
     snr = 10 * np.log10(np.mean(wave**2) / np.mean((noisy - wave) ** 2))
@@ -153,7 +153,7 @@ def test_digit_strings_corpus_and_loader(tmp_path, fsdd_dir, tokenizer):
     )
     assert [c.id for c in corpus.train_cuts(1)] == [c.id for c in corpus.train_cuts(1)]
     assert [c.id for c in corpus.train_cuts(1)] != [c.id for c in corpus.train_cuts(2)]
-    dataset = SpeechDataset(tokenizer, 8000, NoiseAugmentConfig(), cache=corpus.cache)
+    dataset = SpeechDataset(tokenizer, 8000, AugmentConfig(), cache=corpus.cache)
     loader = make_loader(corpus.train_cuts(0), dataset, LoaderConfig(max_duration=30, num_buckets=2))
     seen = sum(len(batch) for batch in loader)
     assert seen == 40

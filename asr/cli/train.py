@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr.corpora import build_corpus
-from asr.data import LoaderConfig, NoiseAugmentConfig
+from asr.data import LoaderConfig, AugmentConfig
 from asr.decoding import DecodingOptions
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import CharTokenizer
@@ -54,7 +54,7 @@ def run(config: DictConfig) -> dict:
         TrainerOptions(exp_dir=config.exp_dir, **trainer),
         OptimizerOptions(**optimizer),
         LoaderConfig(**config.data.loader),
-        NoiseAugmentConfig(**config.data.noise) if config.data.noise else None,
+        AugmentConfig(**config.data.augment) if config.data.augment else None,
         DecodingOptions(**config.validation),
         seed=config.seed,
     )

@@ -122,7 +122,9 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
     audio_dir = out_dir / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     cuts = []
-    with open(out_dir / "transcripts.txt", "w", encoding="utf-8") as transcripts:  # utt_id<TAB>text, as asr-wer reads
+    with open(
+        out_dir / "transcripts.txt", "w", encoding="utf-8"
+    ) as transcripts:  # utt_id<TAB>text, as asr-wer reads
         for string in strings:
             text = " ".join(s.text for s in sorted(string.supervisions, key=lambda s: s.start))
             path = audio_dir / f"{string.id}.flac"
@@ -200,8 +202,15 @@ class DigitStrings:
         )
 
     @classmethod
-    def from_options(cls, train_clips: str, dev_cuts: str, strings_per_epoch: int, seed: int = 0,
-                     exclude_speakers=(), **string_options):
+    def from_options(
+        cls,
+        train_clips: str,
+        dev_cuts: str,
+        strings_per_epoch: int,
+        seed: int = 0,
+        exclude_speakers=(),
+        **string_options,
+    ):
         """`exclude_speakers` leaves voices out of training (leave-one-speaker-out experiments)."""
         if "speed_factors" in string_options:
             string_options["speed_factors"] = tuple(string_options["speed_factors"])
