@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from asr.checkpoint import load_checkpoint, model_state, save_checkpoint
-from asr.data import LoaderConfig, AugmentConfig, SpeechDataset, make_loader
+from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
 from asr.decoding import DecodingOptions, decode
 from asr.features import FeatureStatistics
 from asr.metrics import word_errors

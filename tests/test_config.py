@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from asr.cli.train import build_model
-from asr.data import LoaderConfig, AugmentConfig
+from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
 from asr.train import OptimizerOptions, TrainerOptions
 

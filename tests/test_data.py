@@ -13,8 +13,8 @@ from asr.corpora.fsdd import (
 )
 from asr.data import (
     AudioCache,
-    LoaderConfig,
     AugmentConfig,
+    LoaderConfig,
     SpeechDataset,
     augment_waveform,
     collate,

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr.corpora import build_corpus
-from asr.data import LoaderConfig, AugmentConfig
+from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import CharTokenizer
