@@ -48,7 +48,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
-  recording=$(ls "$data_dir"/test/audio/*.flac | head -n 1)
+  recordings=("$data_dir"/test/audio/*.flac)
+  recording=${recordings[0]}
   echo "== stage 3: transcribe one recording: $recording"
   asr-transcribe --model "$exp_dir/best.pt" "$recording"
   echo "   reference: $(grep "$(basename "$recording" .flac)" "$data_dir/test/transcripts.txt" | cut -f2)"
