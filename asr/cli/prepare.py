@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     digits.add_argument("--out", required=True, help="output folder for manifests and dev/test audio")
     digits.add_argument("--num-dev", type=int, default=100, help="dev strings (from test-split takes 0-1)")
     digits.add_argument("--num-test", type=int, default=200, help="test strings (from test-split takes 2-4)")
+    digits.add_argument(
+        "--num-long",
+        type=int,
+        default=50,
+        help="long strings of 20-40 digits (takes 2-4), longer than any training string",
+    )
     digits.add_argument("--seed", type=int, default=20261125)
     return parser
 
@@ -40,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.corpus == "digits":
-            paths = prepare_digits(args.fsdd_dir, args.out, args.num_dev, args.num_test, args.seed)
+            paths = prepare_digits(
+                args.fsdd_dir, args.out, args.num_dev, args.num_test, args.num_long, args.seed
+            )
     except (FileNotFoundError, OSError, ValueError) as error:
         print(f"asr-prepare: error: {error}", file=sys.stderr)
         return 2

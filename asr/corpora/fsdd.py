@@ -151,22 +151,37 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
 
 
 def prepare_digits(
-    fsdd_dir: str | Path, out_dir: str | Path, num_dev: int = 100, num_test: int = 200, seed: int = 20261125
+    fsdd_dir: str | Path,
+    out_dir: str | Path,
+    num_dev: int = 100,
+    num_test: int = 200,
+    num_long: int = 50,
+    seed: int = 20261125,
 ) -> dict[str, Path]:
-    """Write the clip manifests and the fixed dev/test strings of the digits recipe.
+    """Write the clip manifests and the fixed dev, test and long-test strings of the digits recipe.
 
-    Dev strings use test-split takes 0-1 and test strings takes 2-4, so the strings a model is
-    selected on never share a recording with the strings it is scored on. Pauses between digits
-    are digital silence of 50-400 ms, as in recordings made by concatenating clips.
+    Dev strings use test-split takes 0-1, test strings takes 2-4, so the strings a model is selected
+    on never share a recording with the strings it is scored on. Pauses between digits are digital
+    silence of 50-400 ms, as in recordings made by concatenating clips. The long set (takes 2-4,
+    20-40 digits, 10-25 s) is longer than any training string: it measures how attention copes with
+    lengths it never saw.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, test = split_clips(fsdd_clips(fsdd_dir))
     train.to_file(out_dir / "fsdd_train_clips.jsonl.gz")
     test.to_file(out_dir / "fsdd_test_clips.jsonl.gz")
-    config = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
+    normal = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
+    long = StringConfig(min_digits=20, max_digits=40, min_pause=0.05, max_pause=0.25, max_edge_silence=0.3)
     paths = {"train_clips": out_dir / "fsdd_train_clips.jsonl.gz"}
-    for name, takes, count, offset in (("dev", (0, 1), num_dev, 1), ("test", (2, 3, 4), num_test, 2)):
+    sets = (
+        ("dev", (0, 1), num_dev, normal, 1),
+        ("test", (2, 3, 4), num_test, normal, 2),
+        ("long", (2, 3, 4), num_long, long, 3),
+    )
+    for name, takes, count, config, offset in sets:
+        if not count:
+            continue
         clips = test.filter(lambda c, takes=takes: c.custom["take"] in takes).to_eager()
         strings = make_strings(clips, count, config, seed + offset, prefix=f"digits_{name}_")
         write_strings(strings, out_dir / name)
@@ -193,13 +208,8 @@ class DigitStrings:
         self.config = config
         self.seed = seed
         self.cache = AudioCache(clips)
-        slowest = min(config.speed_factors)
-        longest_clip = max(c.duration for c in clips)
-        self.max_utterance_seconds = (
-            config.max_digits * longest_clip / slowest
-            + (config.max_digits - 1) * config.max_pause
-            + 2 * config.max_edge_silence
-        )
+        # what the model sees at most in training; asr-transcribe splits longer audio at pauses
+        self.max_utterance_seconds = max(c.duration for c in self.train_cuts(0))
 
     @classmethod
     def from_options(
