@@ -25,7 +25,9 @@ def test_a_saved_model_loads_with_weights_only_and_computes_the_same(tmp_path):
     loaded, loaded_tokenizer = load_model(path)
     assert loaded_tokenizer.symbols == tokenizer.symbols
     assert loaded.config == model.config
-    assert torch.equal(loaded.normalization.mean, torch.full((20,), 2.0))  # statistics travel with the weights
+    assert torch.equal(
+        loaded.normalization.mean, torch.full((20,), 2.0)
+    )  # statistics travel with the weights
     waves, lens = torch.randn(2, 8000), torch.tensor([8000, 5000])
     torch.testing.assert_close(loaded.encode(waves, lens).output, model.encode(waves, lens).output)
 
@@ -61,11 +63,14 @@ def test_an_unwritable_folder_is_a_clear_error(tmp_path):
         save_checkpoint({"format": "x"}, blocker / "model.pt")
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "checkpoint not found"),
-    (b"", "not a readable checkpoint"),
-    (b"garbage bytes", "not a readable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "checkpoint not found"),
+        (b"", "not a readable checkpoint"),
+        (b"garbage bytes", "not a readable checkpoint"),
+    ],
+)
 def test_bad_checkpoint_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "model.pt"
     if content is not None:

@@ -28,7 +28,9 @@ def test_a_tiny_model_overfits_a_few_real_utterances(fsdd_dir):
     """SpeechBrain's integration check: if a model cannot learn four utterances, nothing else matters."""
     torch.manual_seed(0)
     train, _ = split_clips(fsdd_clips(fsdd_dir))
-    strings = make_strings(train, 4, StringConfig(min_digits=2, max_digits=3, max_pause=0.2), seed=0, prefix="o")
+    strings = make_strings(
+        train, 4, StringConfig(min_digits=2, max_digits=3, max_pause=0.2), seed=0, prefix="o"
+    )
     tokenizer = CharTokenizer.build(DIGIT_WORDS)
     batch = SpeechDataset(tokenizer, 8000)[strings]
     config = ModelConfig(
@@ -54,7 +56,10 @@ def test_a_tiny_model_overfits_a_few_real_utterances(fsdd_dir):
         optimizer.step()
     assert float(loss) < 0.1
     model.eval()
-    for options in (DecodingOptions(beam_size=1, ctc_weight=0.0), DecodingOptions(beam_size=4, ctc_weight=0.3)):
+    for options in (
+        DecodingOptions(beam_size=1, ctc_weight=0.0),
+        DecodingOptions(beam_size=4, ctc_weight=0.3),
+    ):
         hypotheses = decode(model, batch.waves, batch.wave_lens, options)
         assert [tokenizer.decode(h.tokens) for h in hypotheses] == batch.texts
 
@@ -70,14 +75,31 @@ def test_prepare_train_transcribe_and_score_from_the_command_line(tmp_path):
     data = tmp_path / "data"
     run(BIN / "asr-prepare", "digits", "--out", data, "--num-dev", 4, "--num-test", 6, cwd=tmp_path)
     exp = tmp_path / "exp"
-    run(BIN / "asr-train", "experiment=digits_smoke", f"data.dir={data}", f"exp_dir={exp}",
-        "data.corpus.strings_per_epoch=24", cwd=tmp_path)
+    run(
+        BIN / "asr-train",
+        "experiment=digits_smoke",
+        f"data.dir={data}",
+        f"exp_dir={exp}",
+        "data.corpus.strings_per_epoch=24",
+        cwd=tmp_path,
+    )
     assert {"best.pt", "last.pt", "train.log"} <= {p.name for p in exp.iterdir()}
     assert any((exp / "tensorboard").iterdir())
     hypotheses = tmp_path / "hyp.txt"
-    run(BIN / "asr-transcribe", "--model", exp / "best.pt", "--beam-size", 2, "--output", hypotheses,
-        data / "test" / "cuts.jsonl.gz", cwd=tmp_path)
+    run(
+        BIN / "asr-transcribe",
+        "--model",
+        exp / "best.pt",
+        "--beam-size",
+        2,
+        "--output",
+        hypotheses,
+        data / "test" / "cuts.jsonl.gz",
+        cwd=tmp_path,
+    )
     lines = hypotheses.read_text().splitlines()
     assert len(lines) == 6 and all(line.startswith("digits_test_") and "\t" in line for line in lines)
-    report = run(BIN / "asr-wer", "--ref", data / "test" / "transcripts.txt", "--hyp", hypotheses, cwd=tmp_path)
+    report = run(
+        BIN / "asr-wer", "--ref", data / "test" / "transcripts.txt", "--hyp", hypotheses, cwd=tmp_path
+    )
     assert report.startswith("%WER ") and "%CER " in report
