@@ -246,12 +246,15 @@ def make_loader(
     rank: int = 0,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader whose sampler is lhotse's DynamicBucketingSampler (sharded per rank)."""
+    num_buckets = config.num_buckets
+    if not cuts.is_lazy:  # lhotse refuses more buckets than cuts (a tiny dev set)
+        num_buckets = max(1, min(num_buckets, len(cuts)))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
         sampler = DynamicBucketingSampler(
             cuts,
             max_duration=config.max_duration,
-            num_buckets=config.num_buckets,
+            num_buckets=num_buckets,
             shuffle=config.shuffle,
             drop_last=config.drop_last,
             world_size=world_size,

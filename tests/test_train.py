@@ -29,7 +29,7 @@ def test_a_tiny_model_overfits_a_few_real_utterances(fsdd_dir):
     torch.manual_seed(0)
     train, _ = split_clips(fsdd_clips(fsdd_dir))
     strings = make_strings(
-        train, 4, StringConfig(min_digits=2, max_digits=3, max_pause=0.2), seed=0, prefix="o"
+        train, 4, StringConfig(min_digits=1, max_digits=2, max_pause=0.2), seed=0, prefix="o"
     )
     tokenizer = CharTokenizer.build(DIGIT_WORDS)
     batch = SpeechDataset(tokenizer, 8000)[strings]
@@ -46,15 +46,15 @@ def test_a_tiny_model_overfits_a_few_real_utterances(fsdd_dir):
     statistics.update(*model.compute_features(batch.waves, batch.wave_lens))
     model.normalization.set_statistics(*statistics.mean_and_std())
     model.spec_augment.config = type(model.spec_augment.config)(num_freq_masks=0, num_time_masks=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
-    for _ in range(250):
+    for _ in range(150):
         loss = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-    assert float(loss) < 0.1
+    assert float(loss.detach()) < 0.1
     model.eval()
     for options in (
         DecodingOptions(beam_size=1, ctc_weight=0.0),
