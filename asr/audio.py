@@ -77,7 +77,8 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         waveform, sample_rate = _decode_with_librosa(path, offset=0.0, duration=None)
         num_frames = waveform.shape[0]
         return AudioInfo(sample_rate, num_frames, waveform.shape[1], num_frames / sample_rate)
-    return AudioInfo(info.samplerate, info.frames, info.channels, info.frames / info.samplerate)
+    sample_rate = _checked_rate(path, info.samplerate)
+    return AudioInfo(sample_rate, info.frames, info.channels, info.frames / sample_rate)
 
 
 def load_audio(
@@ -141,7 +142,19 @@ def load_audio(
             f"{path}: {int(not_finite.sum())} of {waveform.size} samples are NaN or infinite "
             f"(first at {offset + first / file_rate:.3f} s)"
         )
+    waveform = limit_peak(waveform)
     return torch.from_numpy(np.ascontiguousarray(_resample_array(waveform, file_rate, sample_rate)))
+
+
+def limit_peak(waveform: np.ndarray) -> np.ndarray:
+    """Scale a waveform whose peak exceeds 1 down to peak 1; others are returned unchanged.
+
+    Only float files can exceed the [-1, 1] range of integer PCM. A peak of 1e30 is finite, but
+    its float32 power spectrum is not, and the model would meet NaN features; scaling changes
+    only the level, which global normalisation and gain augmentation already make irrelevant.
+    """
+    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+    return waveform if peak <= 1.0 else (waveform / peak).astype(np.float32)
 
 
 def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
@@ -242,7 +255,7 @@ def _check_file(path: Path) -> None:
 def _read_with_soundfile(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
     """Seek to `offset` and read `duration` seconds; returns (samples (frames, channels), rate)."""
     with soundfile.SoundFile(str(path)) as audio_file:
-        rate = audio_file.samplerate
+        rate = _checked_rate(path, audio_file.samplerate)
         start = round(offset * rate)
         if audio_file.frames > 0 and start >= audio_file.frames:
             raise AudioError(
@@ -250,9 +263,15 @@ def _read_with_soundfile(path: Path, offset: float, duration: float | None) -> t
                 f"({audio_file.frames / rate:.3f} s)"
             )
         num_frames = -1 if duration is None else max(round(duration * rate), 1)
-        if start > 0:
-            audio_file.seek(start)
-        samples = audio_file.read(num_frames, dtype="float32", always_2d=True)
+        try:
+            if start > 0:
+                audio_file.seek(start)
+            samples = audio_file.read(num_frames, dtype="float32", always_2d=True)
+        except soundfile.LibsndfileError as error:
+            # the header was read, the data was not: no other decoder will do better
+            raise AudioError(
+                f"{path}: audio data is truncated or corrupt ({error.error_string.rstrip('.')})"
+            ) from None
     return samples, rate
 
 
@@ -268,7 +287,14 @@ def _decode_with_librosa(path: Path, offset: float, duration: float | None) -> t
         raise AudioError(f"{path}: not a readable audio file ({reason})") from error
     # librosa returns (num_samples,) for mono and (num_channels, num_samples) otherwise.
     samples = np.atleast_2d(samples).T.astype(np.float32, copy=False)
-    return samples, int(rate)
+    return samples, _checked_rate(path, int(rate))
+
+
+def _checked_rate(path: Path, rate: int) -> int:
+    """A header's sample rate, refused when it is not positive (a damaged or hand-made header)."""
+    if rate <= 0:
+        raise AudioError(f"{path}: the header gives a sample rate of {rate} Hz")
+    return rate
 
 
 def _soundfile_reason(path: Path) -> str:
@@ -276,7 +302,9 @@ def _soundfile_reason(path: Path) -> str:
     try:
         soundfile.info(str(path))
     except soundfile.LibsndfileError as error:
-        return error.error_string.rstrip(".")  # e.g. "Format not recognised"
+        reason = error.error_string.rstrip(".")  # e.g. "Format not recognised"
+        # _check_file has seen a regular file; libsndfile says this of MP3 data it cannot parse
+        return "Format not recognised" if reason.startswith("File does not exist") else reason
     except Exception as error:  # whatever else goes wrong is still the best explanation
         return str(error)
     return "unsupported format"
