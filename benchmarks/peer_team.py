@@ -45,12 +45,27 @@ def contract_model(cfg) -> LAS:
         vocab_size=cfg["vocab"],  # 0 blank, 1..V-2 units, V-1 sos/eos: the contract's layout
         features=FeatureConfig(num_mel_bins=cfg["feat_dim"]),
         spec_augment=SpecAugmentConfig(num_freq_masks=0, num_time_masks=0),
-        encoder=EncoderConfig(input_dim=cfg["feat_dim"], hidden_dim=cfg["enc_hidden"], num_layers=1,
-                              num_pyramid_levels=cfg["enc_pyramid"], ctc_level=2, dropout=0.0),
-        attention=AttentionConfig(type="location", attention_dim=cfg["att_dim"],
-                                  location_channels=cfg["att_conv_ch"], location_kernel_size=cfg["att_conv_k"]),
-        decoder=DecoderConfig(cell="lstm", embedding_dim=cfg["emb_dim"], hidden_dim=cfg["dec_hidden"],
-                              num_layers=cfg["dec_layers"], dropout=0.0),
+        encoder=EncoderConfig(
+            input_dim=cfg["feat_dim"],
+            hidden_dim=cfg["enc_hidden"],
+            num_layers=1,
+            num_pyramid_levels=cfg["enc_pyramid"],
+            ctc_level=2,
+            dropout=0.0,
+        ),
+        attention=AttentionConfig(
+            type="location",
+            attention_dim=cfg["att_dim"],
+            location_channels=cfg["att_conv_ch"],
+            location_kernel_size=cfg["att_conv_k"],
+        ),
+        decoder=DecoderConfig(
+            cell="lstm",
+            embedding_dim=cfg["emb_dim"],
+            hidden_dim=cfg["dec_hidden"],
+            num_layers=cfg["dec_layers"],
+            dropout=0.0,
+        ),
         ctc_weight=cfg["ctc_weight"],
         label_smoothing=0.0,
     )
@@ -70,8 +85,13 @@ def build_train(cfg, batch):
         optimizer.step()
         return float(loss.detach())
 
-    return dict(step=step, fwd=lambda: model.loss_from_features(*batch), roots=[model],
-                params=sum(p.numel() for p in model.parameters()), note="asr.model.LAS")
+    return dict(
+        step=step,
+        fwd=lambda: model.loss_from_features(*batch),
+        roots=[model],
+        params=sum(p.numel() for p in model.parameters()),
+        note="asr.model.LAS",
+    )
 
 
 def build_decoders(cfg, feats):
@@ -97,5 +117,6 @@ def build_decoders(cfg, feats):
 
 if __name__ == "__main__":
     arguments = common.parse_args("this toolkit's LAS (asr.model.LAS)")
-    common.run_peer("team", {"asr": asr.__version__, "torch": torch.__version__}, arguments, build_train,
-                    build_decoders)
+    common.run_peer(
+        "team", {"asr": asr.__version__, "torch": torch.__version__}, arguments, build_train, build_decoders
+    )
