@@ -9,15 +9,28 @@ included (Gulcehre et al. 2015, "On using monolingual corpora in neural machine 
 
 Like the decoder, it has a teacher-forcing `forward` and a `step` with an explicit state, so the
 search steps it batched over utterances and beams next to the decoder.
+
+A language-model checkpoint (`asr-train-lm`) is self-contained like a model checkpoint: its own
+format key, the config, the tokenizer it was trained with (the acoustic model's, for fusion) and
+the weights, all plain data that loads with `torch.load(weights_only=True)`.
 """
 
+import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from asr.checkpoint import FORMAT as MODEL_FORMAT
+from asr.checkpoint import CheckpointError
 from asr.features import sequence_mask
+from asr.tokenizer import tokenizer_from_dict
+
+# Distinct from the acoustic model's format, so that one is never loaded as the other.
+LM_FORMAT = "las-asr-lm/1"
 
 
 @dataclass(frozen=True)
@@ -113,3 +126,63 @@ class LSTMLanguageModel(nn.Module):
     def select_state(self, state: LanguageModelState, index: torch.Tensor) -> LanguageModelState:
         """Reorder or repeat rows (beam search); the batch is dim 1 of nn.LSTM states."""
         return LanguageModelState(state.hidden.index_select(1, index), state.cell.index_select(1, index))
+
+
+def language_model_state(lm: LSTMLanguageModel, tokenizer) -> dict:
+    """What fusion needs, as plain data: format, config, tokenizer and weights."""
+    return {
+        "format": LM_FORMAT,
+        "lm_config": dataclasses.asdict(lm.config),
+        "tokenizer": tokenizer.to_dict(),
+        "model": {name: tensor.detach().cpu() for name, tensor in lm.state_dict().items()},
+    }
+
+
+def load_language_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """(LM in eval mode on `device`, tokenizer) from a checkpoint written by `asr-train-lm`.
+
+    Raises
+    ------
+    CheckpointError
+        naming the file: missing, unreadable, not a language model, or not matching this
+        version of the language model.
+    """
+    state = read_language_model_checkpoint(path)
+    try:
+        lm = LSTMLanguageModel(LanguageModelConfig(**state["lm_config"]))
+        lm.load_state_dict(state["model"])
+        tokenizer = tokenizer_from_dict(state["tokenizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path}: checkpoint does not match this version of the language model: {error}"
+        ) from error
+    if tokenizer.vocab_size != lm.config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the LM {lm.config.vocab_size}"
+        )
+    return lm.to(device).eval(), tokenizer
+
+
+def read_language_model_checkpoint(path: str | os.PathLike) -> dict:
+    """The plain-data dict of a language-model checkpoint, read with `weights_only=True`.
+
+    `asr.checkpoint.load_checkpoint` accepts only the acoustic model's format, hence this reader.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- torch raises many types for bad files
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or not a torch file): {first_line}"
+        ) from error
+    kind = state.get("format") if isinstance(state, dict) else None
+    if kind == MODEL_FORMAT:
+        raise CheckpointError(
+            f"{path}: an acoustic model checkpoint, not a language model (train one with asr-train-lm)"
+        )
+    if kind != LM_FORMAT:
+        raise CheckpointError(f"{path}: not a las-asr language model (expected format {LM_FORMAT!r})")
+    return state

@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from asr.lm import LanguageModelConfig, LSTMLanguageModel
+from asr.checkpoint import CheckpointError, model_state, save_checkpoint
+from asr.lm import (
+    LM_FORMAT,
+    LanguageModelConfig,
+    LSTMLanguageModel,
+    language_model_state,
+    load_language_model,
+)
+from asr.model import LAS
+from asr.tokenizer import CharTokenizer
+from tests.conftest import tiny_config
 
 VOCAB_SIZE = 9
 SOS_EOS = VOCAB_SIZE - 1
@@ -92,3 +102,40 @@ def test_a_tiny_language_model_overfits_a_few_sentences():
     valid = tokens_out != -100
     valid[:, 0] = False
     assert torch.equal(predictions[valid], tokens_out[valid])
+
+
+def _tokenizer() -> CharTokenizer:
+    tokenizer = CharTokenizer.build(["abc de"])  # blank, unk, " abcde", sos/eos
+    assert tokenizer.vocab_size == VOCAB_SIZE
+    return tokenizer
+
+
+def test_a_saved_language_model_loads_with_weights_only_and_computes_the_same(tmp_path):
+    lm, tokenizer = _model(dropout=0.2), _tokenizer()
+    path = tmp_path / "lm" / "best.pt"
+    save_checkpoint(language_model_state(lm, tokenizer), path)
+    assert torch.load(path, weights_only=True)["format"] == LM_FORMAT  # plain data only
+    loaded, loaded_tokenizer = load_language_model(path, "cpu")
+    assert not loaded.training and loaded.config == lm.config
+    assert loaded_tokenizer.to_dict() == tokenizer.to_dict()
+    tokens_in, _, lengths = _teacher_forcing_batch([[2, 3, 4], [5]])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(tokens_in, lengths), lm.eval()(tokens_in, lengths))
+
+
+def test_loading_refuses_what_is_not_a_language_model(tmp_path):
+    tokenizer = _tokenizer()
+    acoustic = tmp_path / "model.pt"
+    save_checkpoint(model_state(LAS(tiny_config(vocab_size=VOCAB_SIZE)), tokenizer), acoustic)
+    with pytest.raises(CheckpointError, match="acoustic model checkpoint, not a language model"):
+        load_language_model(acoustic)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_language_model(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.pt: not a readable checkpoint"):
+        load_language_model(garbage)
+    mismatched = tmp_path / "mismatched.pt"
+    save_checkpoint(language_model_state(_model(), CharTokenizer.build(["ab"])), mismatched)
+    with pytest.raises(CheckpointError, match="the tokenizer has 6 tokens but the LM 9"):
+        load_language_model(mismatched)
