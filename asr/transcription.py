@@ -323,14 +323,17 @@ def model_decoder(model, tokenizer, options, language_model=None, device="cpu") 
     return decode_texts
 
 
-def _decode_batch(
+def load_batch(
     batch: list[Piece],
     utterances: list[Utterance],
-    decode_texts: DecodeFunction,
     sample_rate: int,
     on_error: Callable[[str], None],
-) -> None:
-    """Load the batch's audio, decode it, and file each text under its utterance and segment."""
+) -> tuple[list[Piece], torch.Tensor, torch.Tensor]:
+    """The audio of a batch's pieces: (loaded pieces, waves (B, S) zero-padded, wave_lens (B,)).
+
+    A piece that cannot be read sets its utterance's `error` (reported through `on_error`) and is
+    left out, as are the later pieces of that utterance; waves is (0, 0) when nothing was read.
+    """
     loaded, waves = [], []
     for piece in batch:
         utterance = utterances[piece.utterance]
@@ -344,9 +347,22 @@ def _decode_batch(
             continue
         loaded.append(piece)
     if not loaded:
-        return
+        return [], torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     wave_lens = torch.tensor([wave.numel() for wave in waves])
-    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)  # (B, S), zero-padded
+    return loaded, torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), wave_lens
+
+
+def _decode_batch(
+    batch: list[Piece],
+    utterances: list[Utterance],
+    decode_texts: DecodeFunction,
+    sample_rate: int,
+    on_error: Callable[[str], None],
+) -> None:
+    """Load the batch's audio, decode it, and file each text under its utterance and segment."""
+    loaded, padded, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
+    if not loaded:
+        return
     for piece, text in zip(loaded, decode_texts(padded, wave_lens), strict=True):
         utterances[piece.utterance].texts[piece.index] = text
 
