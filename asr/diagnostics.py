@@ -86,13 +86,17 @@ def attention_diagnostics(
         "stuck": float(run >= stuck_steps),
     }
     if hypothesis is not None and reference is not None:
-        hypothesis_words, reference_words = (
-            normalize_text(hypothesis).split(),
-            normalize_text(reference).split(),
-        )
-        values["looping"] = float(is_looping(hypothesis_words, reference_words))
-        values["early_stop"] = float(trailing_deletions(reference_words, hypothesis_words) > 0)
+        values.update(text_flags(hypothesis, reference))
     return values
+
+
+def text_flags(hypothesis: str, reference: str) -> dict[str, float]:
+    """The `looping` and `early_stop` flags (0.0 or 1.0) of a hypothesis, on normalised words."""
+    hypothesis_words, reference_words = normalize_text(hypothesis).split(), normalize_text(reference).split()
+    return {
+        "looping": float(is_looping(hypothesis_words, reference_words)),
+        "early_stop": float(trailing_deletions(reference_words, hypothesis_words) > 0),
+    }
 
 
 def summarise(diagnostics: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -8,8 +8,9 @@
     -> summary.json, report.md, errors.txt                    `asr.cli.evaluate`
 
 Long recordings are decoded whole unless a segment length is given: the point of an evaluation
-is to see how attention copes with long inputs. When they are segmented, an utterance's attention
-is the block-diagonal matrix of its segments' matrices (steps and frames concatenated).
+is to see how attention copes with long inputs. When they are segmented, the attention diagnostics
+are those of each segment's search, combined, and the plotted matrix is the block-diagonal matrix
+of the segments' matrices (steps and frames concatenated).
 """
 
 import math
@@ -24,7 +25,15 @@ import torch
 from tqdm import tqdm
 
 from asr.decoding import DecodingOptions, Hypothesis, decode
-from asr.diagnostics import DEFINITIONS, attention_diagnostics, attention_figure, block_diagonal, summarise
+from asr.diagnostics import (
+    DEFINITIONS,
+    STUCK_STEPS,
+    attention_diagnostics,
+    attention_figure,
+    block_diagonal,
+    summarise,
+    text_flags,
+)
 from asr.metrics import ErrorCounts, char_errors, utterance_word_errors
 from asr.segmentation import SegmentationConfig
 from asr.transcription import CutAudio, Report, Utterance, load_batch, make_batches, plan_pieces
@@ -162,10 +171,27 @@ def score_utterances(
                 ended_by=[hypothesis.ended_by for hypothesis in found],
                 word_errors=counts,
                 char_errors=char_errors([reference], [text]),
-                diagnostics=attention_diagnostics(attention, text, reference, stuck_steps),
+                diagnostics=utterance_diagnostics([h.attention for h in found], text, reference, stuck_steps),
             )
         )
     return results
+
+
+def utterance_diagnostics(
+    segments: Sequence[torch.Tensor], text: str, reference: str, stuck_steps: int = STUCK_STEPS
+) -> dict[str, float]:
+    """Attention diagnostics of each segment's own matrix, combined over an utterance's segments:
+    means weighted by steps, the longest run and the stuck flag of any segment; text flags on the
+    whole text. Stitching the matrices instead would make diagonality look better than it is."""
+    per_segment = [attention_diagnostics(weights, stuck_steps=stuck_steps) for weights in segments]
+    steps = [len(weights) for weights in segments]
+    values = {
+        key: float(np.average([values[key] for values in per_segment], weights=steps))
+        for key in per_segment[0]
+    }
+    for key in ("longest_peak_run", "stuck"):
+        values[key] = max(segment[key] for segment in per_segment)
+    return {**values, **text_flags(text, reference)}
 
 
 def bucket_edges(

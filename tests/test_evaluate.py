@@ -20,7 +20,7 @@ from asr.checkpoint import model_state, save_checkpoint
 from asr.cli.evaluate import main
 from asr.decoding import DecodingOptions
 from asr.diagnostics import DEFINITIONS
-from asr.evaluation import bucket_edges, make_buckets
+from asr.evaluation import bucket_edges, make_buckets, utterance_diagnostics
 from asr.metrics import read_transcripts, word_errors
 from asr.model import LAS
 from asr.tokenizer import CharTokenizer
@@ -179,6 +179,15 @@ def test_segmented_recordings_are_stitched(tmp_path, capsys, checkpoint):
     assert len(ended_by) >= 3  # one search per segment
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["settings"]["decoding"]["max_segment_seconds"] == 3.0
+
+
+def test_segment_diagnostics_are_combined_by_steps():
+    forward, backward = torch.eye(4), torch.eye(2).flip(0)  # 4 steps forward, 2 steps reversed
+    values = utterance_diagnostics([forward, backward], "one two", "one two three", stuck_steps=5)
+    assert values["monotonicity"] == pytest.approx(4 / 6)  # 1 over 4 steps, 0 over 2 steps
+    assert values["diagonality"] == pytest.approx((4 - 2) / 6)
+    assert values["longest_peak_run"] == 1 and values["stuck"] == 0.0
+    assert values["early_stop"] == 1.0 and values["looping"] == 0.0
 
 
 @pytest.mark.parametrize(

@@ -348,7 +348,11 @@ def _render_markdown(summary: dict) -> str:
         rows += [
             [f"{name} {b['label']}", *(b["diagnostics"][k] for k in keys)] for b in summary["buckets"][name]
         ]
-    lines += ["Means over utterances; flags are shares of utterances.", "", _table(["bucket", *keys], rows)]
+    means = "Means over utterances; flags are shares of utterances."
+    segment = settings["decoding"]["max_segment_seconds"]
+    if segment is not None:
+        means += f" Recordings over {segment:g} s were decoded in segments: means over a recording's steps."
+    lines += [means, "", _table(["bucket", *keys], rows)]
     lines += ["", *(f"- **{key}**: {DEFINITIONS[key]}" for key in keys if key in DEFINITIONS)]
     lines += [
         "",
