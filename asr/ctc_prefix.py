@@ -67,7 +67,7 @@ class CTCPrefixScorer:
         self.lengths = lengths
         self.valid = valid
         self.units = units
-        self._unit_log_probs = None  # (A, C, T) float64, made on first use: large for a large vocabulary
+        self._unit_probs = None  # (A, T, C) float64 x_t(unit), made on first use: large for big vocabularies
         # Padded frames get log b = 0 in the recursions: their values stay finite and are never read.
         blank = self.log_probs[:, 0].double().masked_fill(~valid, 0.0)
         self.blank_cumsum = torch.nn.functional.pad(blank.cumsum(-1), (1, 0))  # (A, T+1), Bl_0 = 0
@@ -121,18 +121,34 @@ class CTCPrefixScorer:
         torch.Tensor, shape = (A, K, C), float64
         """
         frames = self.log_probs.shape[2]
-        if all_units and self._unit_log_probs is None:
-            self._unit_log_probs = self.log_probs[:, self.units].double()
-        x = (
-            self._unit_log_probs[:, None] if all_units else self._token_log_probs(candidates)
-        )  # (A, K|1, C, T)
-        # phi_{t-1} for a new label, for t = 1..T: (A, K, 1, T)
-        phi = torch.logaddexp(state.blank, state.nonblank)[..., None, :frames]
-        psi = torch.logsumexp(phi + x, dim=-1)  # (A, K, C)
+        # phi_{t-1} for a new label, for t = 1..T: (A, K, T)
+        phi_weights, phi_peak = self._scaled(torch.logaddexp(state.blank, state.nonblank)[..., :frames])
+        if all_units:
+            if self._unit_probs is None:
+                self._unit_probs = self.log_probs[:, self.units].double().exp().transpose(1, 2)
+            # (A, K, T) @ (A, T, C) -> (A, K, C): sum_t phi_{t-1} x_t(c) for every unit at once
+            psi_sum = torch.bmm(phi_weights, self._unit_probs)
+        else:
+            psi_sum = torch.einsum("akt,akct->akc", phi_weights, self._token_log_probs(candidates).exp())
+        psi = torch.log(psi_sum) + phi_peak[..., None]  # (A, K, C)
         # a candidate that repeats g's last label extends only the paths that end in blank
-        x_last = self._token_log_probs(last_tokens[..., None])[:, :, 0]  # (A, K, T)
-        psi_repeat = torch.logsumexp(state.blank[..., :frames] + x_last, dim=-1)  # (A, K)
+        blank_weights, blank_peak = self._scaled(state.blank[..., :frames])
+        x_last = self._token_log_probs(last_tokens[..., None])[:, :, 0].exp()  # (A, K, T)
+        psi_repeat = torch.log((blank_weights * x_last).sum(-1)) + blank_peak  # (A, K)
         return torch.where(candidates == last_tokens[..., None], psi_repeat[..., None], psi)
+
+    def _scaled(self, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, K, T) log-domain weights -> exp(weights - peak) (A, K, T), zero on padded frames,
+        and the peak (A, K), the largest valid weight (0 when there is none).
+
+        Sums of weights times probabilities then need no log-sum-exp: a matrix product in the
+        probability domain, with no cancellation (every term is positive). A term underflows to
+        zero only when it is e^-700 below the largest weight, far below anything a beam keeps.
+        """
+        log_weights = log_weights.masked_fill(~self.valid[:, None], NEG_INF)
+        peak = log_weights.max(dim=-1).values
+        peak = peak.masked_fill(peak == NEG_INF, 0.0)
+        return torch.exp(log_weights - peak[..., None]), peak
 
     def final(self, state: CTCPrefixState) -> torch.Tensor:
         """log p_ctc(g | x), the probability that the whole utterance emits exactly g: (A, K) float64."""

@@ -1,0 +1,204 @@
+"""Decoding speed on CPU: greedy search and beam 10 with and without CTC, batched and one at a time.
+
+    python benchmarks/decode_speed.py --model exp/digits/best.pt --threads 2 --repeats 3
+
+Every search decodes the same fixed utterances twice: as one padded batch (`asr.decoding.decode`
+over all of them) and one utterance at a time, in the same run, so the ratio of the two is
+measured under the same load. Times include the encoder and the search (what `asr-transcribe`
+spends per batch) but not audio loading. Each figure is the median of `--repeats` runs after one
+untimed warm-up run per search; batched and one-at-a-time runs alternate, so that on a shared
+machine both see the same load.
+
+The utterances are the first `--num-utterances` test strings of the digits recipe (`asr-prepare
+digits` writes them to exp/digits/data/test/cuts.jsonl.gz) when that manifest exists, else
+deterministic generated audio. Without `--model`, a freshly initialised model of the digits
+recipe's sizes (conf/experiment/digits.yaml) is timed, with eos suppressed so that every search
+runs to its maximum length and decode lengths do not depend on random weights; a trained model
+stops much earlier, so its figures are the ones to report.
+
+Prints a markdown table and a final line `RESULT {json}` for scripts.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from asr.checkpoint import load_model
+from asr.decoding import DecodingOptions, decode
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path("exp/digits/data/test/cuts.jsonl.gz")
+# (name, beam size, CTC weight); greedy is beam 1 without CTC, the cheapest search there is
+SEARCHES = (("greedy", 1, 0.0), ("beam 10", 10, 0.0), ("beam 10 + CTC 0.3", 10, 0.3))
+DIGIT_WORDS = "zero one two three four five six seven eight nine"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default=None, metavar="CKPT", help="model checkpoint (default: a fresh digits-sized model)"
+    )
+    parser.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA),
+        metavar="MANIFEST",
+        help="lhotse cuts to take the utterances from; 'generated' (or a missing file) uses "
+        "deterministic generated audio (default: %(default)s)",
+    )
+    parser.add_argument("--num-utterances", type=int, default=16, metavar="N", help="(default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=int, default=2, metavar="N", help="torch threads (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, metavar="N", help="timed runs per figure (default: %(default)s)"
+    )
+    return parser
+
+
+def fresh_digits_model() -> torch.nn.Module:
+    """The digits recipe's model, freshly initialised, with eos suppressed: every search runs to
+    max_length_ratio x frames, so the work per utterance is fixed by the audio lengths alone."""
+    from hydra import compose, initialize_config_dir
+
+    from asr.cli.train import build_model
+    from asr.tokenizer import CharTokenizer
+
+    with initialize_config_dir(config_dir=str(REPOSITORY / "conf"), version_base="1.3"):
+        config = compose(config_name="train", overrides=["experiment=digits"])
+    tokenizer = CharTokenizer.build([DIGIT_WORDS])
+    torch.manual_seed(0)
+    model = build_model(config.model, tokenizer.vocab_size)
+    with torch.no_grad():
+        model.decoder.output.bias[tokenizer.eos_id] = -1e4
+    return model.eval()
+
+
+def load_utterances(data: str, count: int, sample_rate: int) -> list[torch.Tensor]:
+    """`count` mono float32 waveforms (num_samples,) at `sample_rate`."""
+    path = Path(data)
+    if data != "generated" and path.is_file():
+        import lhotse
+
+        cuts = sorted(lhotse.load_manifest(path), key=lambda cut: cut.id)[:count]
+        cuts = [cut.resample(sample_rate) if cut.sampling_rate != sample_rate else cut for cut in cuts]
+        print(f"utterances: the first {len(cuts)} cuts of {path}", file=sys.stderr)
+        return [torch.from_numpy(cut.load_audio()).float().mean(0) for cut in cuts]
+    print(f"utterances: {count} generated (no manifest at {path})", file=sys.stderr)
+    return [generated_utterance(seed, sample_rate) for seed in range(count)]
+
+
+def generated_utterance(seed: int, sample_rate: int) -> torch.Tensor:
+    """1.5 to 4 s of noise modulated at syllable rate (about 4 Hz), the same for every run."""
+    generator = torch.Generator().manual_seed(seed)
+    seconds = 1.5 + 2.5 * float(torch.rand((), generator=generator))
+    time_axis = torch.arange(int(seconds * sample_rate)) / sample_rate
+    envelope = 0.5 * (
+        1 + torch.sin(2 * torch.pi * (3 + 2 * float(torch.rand((), generator=generator))) * time_axis)
+    )
+    return 0.1 * envelope * torch.randn(time_axis.numel(), generator=generator)
+
+
+def pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) zero-padded waves and (B,) lengths."""
+    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([w.numel() for w in waves])
+
+
+def time_search(model, waves: list[torch.Tensor], options: DecodingOptions, repeats: int) -> dict:
+    """Seconds to decode every wave as one batch and one at a time, median over `repeats`.
+
+    Each repeat times both ways back to back, so that on a shared machine both see the same load,
+    and the speed-up is the median of the per-repeat ratios.
+    """
+    padded = pad(waves)
+
+    def batched() -> list:
+        return decode(model, *padded, options)
+
+    def one_at_a_time() -> list:
+        return [decode(model, *pad([wave]), options)[0] for wave in waves]
+
+    hypotheses = batched()  # warm-up: first-call allocations and kernel selection
+    one_at_a_time()
+    times = {"batched": [], "one_at_a_time": []}
+    for _ in range(repeats):
+        for name, run in (("batched", batched), ("one_at_a_time", one_at_a_time)):
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    ratios = [single / batch for batch, single in zip(times["batched"], times["one_at_a_time"], strict=True)]
+    return {
+        "batched_seconds": statistics.median(times["batched"]),
+        "one_at_a_time_seconds": statistics.median(times["one_at_a_time"]),
+        "fastest_batched_seconds": min(times["batched"]),
+        "fastest_one_at_a_time_seconds": min(times["one_at_a_time"]),
+        "speedup": statistics.median(ratios),
+        "mean_output_tokens": statistics.mean(len(h.tokens) for h in hypotheses),
+    }
+
+
+def measure(model, waves: list[torch.Tensor], repeats: int) -> dict:
+    """Per search: RTF and utterances per second, batched and one at a time, and their ratio."""
+    audio_seconds = sum(w.numel() for w in waves) / model.config.features.sample_rate
+    results = {}
+    for name, beam_size, ctc_weight in SEARCHES:
+        timing = time_search(
+            model, waves, DecodingOptions(beam_size=beam_size, ctc_weight=ctc_weight), repeats
+        )
+        results[name] = {"beam_size": beam_size, "ctc_weight": ctc_weight, **timing}
+        for way in ("batched", "one_at_a_time"):
+            results[name][f"{way}_rtf"] = timing[f"{way}_seconds"] / audio_seconds
+            results[name][f"{way}_utterances_per_second"] = len(waves) / timing[f"{way}_seconds"]
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        "| search | batched RTF | batched utt/s | one-at-a-time RTF | one-at-a-time utt/s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results.items():
+        lines.append(
+            f"| {name} | {row['batched_rtf']:.4f} | {row['batched_utterances_per_second']:.1f} "
+            f"| {row['one_at_a_time_rtf']:.4f} | {row['one_at_a_time_utterances_per_second']:.1f} "
+            f"| {row['speedup']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.threads, args.repeats, args.num_utterances) < 1:
+        print("--threads, --repeats and --num-utterances must be at least 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)[0] if args.model else fresh_digits_model()
+    waves = load_utterances(args.data, args.num_utterances, model.config.features.sample_rate)
+    results = measure(model, waves, args.repeats)
+    audio_seconds = sum(w.numel() for w in waves) / model.config.features.sample_rate
+    print(
+        f"{len(waves)} utterances, {audio_seconds:.1f} s of audio, {args.threads} threads, "
+        f"median of {args.repeats} runs, {platform.processor() or platform.machine()}"
+    )
+    print(markdown_table(results))
+    summary = {
+        "model": args.model or "fresh digits-sized model, eos suppressed",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "num_utterances": len(waves),
+        "audio_seconds": audio_seconds,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "torch": torch.__version__,
+        "searches": results,
+    }
+    print("RESULT " + json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The scripts in benchmarks/ run and print their figures (tiny models, generated audio, one repeat)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lhotse
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from asr.checkpoint import model_state, save_checkpoint
+from asr.decoding import DecodingOptions, decode
+from asr.model import LAS
+from asr.tokenizer import CharTokenizer
+from tests.conftest import REPO, tiny_config
+
+BENCHMARKS = REPO / "benchmarks"
+
+
+def _module(name: str):
+    """Import benchmarks/<name>.py, which is a script folder, not a package."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    tokenizer = CharTokenizer.build(["one two three"])
+    torch.manual_seed(0)
+    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size))
+    with torch.no_grad():
+        model.decoder.output.bias[tokenizer.eos_id] += 3.0  # a random model: end soon
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(model_state(model, tokenizer), path)
+    return path
+
+
+def test_decode_speed_prints_a_table_and_the_figures(checkpoint):
+    arguments = ["--model", str(checkpoint), "--data", "generated", "--num-utterances", "3"]
+    arguments += ["--repeats", "1", "--threads", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "decode_speed.py"), *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[1].startswith("| search | batched RTF |")
+    assert [line.split("|")[1].strip() for line in lines[3:6]] == ["greedy", "beam 10", "beam 10 + CTC 0.3"]
+    assert lines[-1].startswith("RESULT ")
+    summary = json.loads(lines[-1].removeprefix("RESULT "))
+    assert summary["num_utterances"] == 3 and summary["threads"] == 1
+    for row in summary["searches"].values():
+        assert row["batched_rtf"] > 0 and row["one_at_a_time_rtf"] > 0
+        assert row["speedup"] == pytest.approx(row["one_at_a_time_seconds"] / row["batched_seconds"])
+        assert row["batched_utterances_per_second"] == pytest.approx(3 / row["batched_seconds"])
+
+
+def test_the_default_model_is_digits_sized_and_never_ends_early():
+    decode_speed = _module("decode_speed")
+    torch.manual_seed(0)
+    model = decode_speed.fresh_digits_model()
+    assert model.config.features.sample_rate == 8000
+    assert 2_000_000 < sum(p.numel() for p in model.parameters()) < 3_000_000
+    wave = decode_speed.generated_utterance(seed=0, sample_rate=8000)
+    assert torch.equal(wave, decode_speed.generated_utterance(seed=0, sample_rate=8000))  # deterministic
+    waves, lengths = decode_speed.pad([wave])
+    with torch.no_grad():
+        frames = int(model.encode(waves, lengths).lengths[0])
+    (hypothesis,) = decode(model, waves, lengths, DecodingOptions(beam_size=1, ctc_weight=0.0))
+    assert hypothesis.ended_by == "max_length" and len(hypothesis.tokens) == 2 * frames
+
+
+def test_longest_repeat_counts_back_to_back_ngrams():
+    longest_repeat = _module("long_strings").longest_repeat
+    assert longest_repeat(["five", "four", "five", "four", "five", "four", "one"]) == 3
+    assert longest_repeat(["seven", "seven", "seven", "six"]) == 3
+    assert longest_repeat(["one", "two", "three"]) == 1
+    assert longest_repeat([]) == 0
+
+
+def test_long_recordings_are_built_deterministically(tmp_path):
+    long_recording = _module("long_recording")
+    cuts = []
+    for index in range(3):
+        path = tmp_path / f"string{index}.flac"
+        soundfile.write(path, np.full(8000 * (index + 1), 0.1, dtype=np.float32), 8000)
+        cut = lhotse.Recording.from_file(path).to_cut()
+        cut.supervisions = [lhotse.SupervisionSegment(cut.id, cut.id, 0, cut.duration, text=f"word{index}")]
+        cuts.append(cut)
+    first = long_recording.build_recording(cuts, 0.2, seed=0, path=tmp_path / "a.flac")
+    second = long_recording.build_recording(cuts, 0.2, seed=0, path=tmp_path / "b.flac")
+    assert first == second and (tmp_path / "a.flac").read_bytes() == (tmp_path / "b.flac").read_bytes()
+    seconds, reference, num_strings = first
+    assert reference.split()[:4] == ["word0", "word1", "word2", "word0"]  # cycles through the strings
+    assert num_strings == len(reference.split()) and 9 <= seconds <= 12
