@@ -22,7 +22,10 @@ which `torch.logcumsumexp` computes in the log domain with no Python loop over f
 `CTCPrefixScoreTH` loops over frames once per output token). The cancellation between the large
 cumulative sums is why this module works in float64: a 1000-frame sum of log-probs near -20 keeps
 about 1e-12 absolute precision. Only psi is needed for every candidate; the forward variables are
-computed for the K hypotheses that survive each step, not for all K x C candidates.
+computed for the K hypotheses that survive each step, not for all K x C candidates. psi itself is
+a sum of positive terms with no cancellation, so it is computed in the probability domain, with
+phi scaled by its largest value: one (K, T) x (T, C) matrix product per utterance instead of a
+log-sum-exp over (K, C, T), a third of the time for the same result to within rounding.
 
 Shapes: A utterances, K hypotheses per utterance, C candidate tokens, T CTC frames. Frames past an
 utterance's own length never contribute, so an utterance scores the same alone or in a padded batch.
