@@ -2,19 +2,28 @@
 
 A model checkpoint carries everything inference needs (model config, tokenizer, normalisation
 statistics inside the weights, feature settings inside the config), so `asr-transcribe` needs
-no config files. Training checkpoints add the optimiser, scheduler, counters and random states.
+no config files. Training checkpoints add the optimiser, scheduler, counters, sampler position and
+random states (`asr.train.training_state`), all as tensors and plain Python data, so that they too
+load with `weights_only=True`: a checkpoint from someone else cannot run code on this machine.
 """
 
+import logging
+import math
 import os
+import random
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import tokenizer_from_dict
 
 FORMAT = "las-asr/1"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(Exception):
@@ -52,6 +61,29 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
                 "the previous checkpoint, if any, is unchanged"
             ) from error
         raise
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` if needed and prove a file can be written there, before hours of training."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CheckpointError(
+            f"{folder}: cannot write checkpoints here ({error.strerror or error})"
+        ) from None
+
+
+def check_finite(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Refuse to write weights holding NaN or infinity over a checkpoint that may be good."""
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written, the model has non-finite values in {', '.join(bad[:3])}"
+            f"{' and others' if len(bad) > 3 else ''}; the previous checkpoint is unchanged"
+        )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -93,3 +125,110 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"{path}: checkpoint does not match this version of the model: {error}"
         ) from error
     return model.to(device).eval(), tokenizer
+
+
+def random_states() -> dict:
+    """This process's random generators as tensors and plain data (loadable with weights_only=True).
+
+    torch drives dropout and SpecAugment; NumPy and Python's `random` are saved too so that
+    user code and libraries that draw from them resume where they were.
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # uint32 Mersenne Twister words
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def set_random_states(states: dict) -> None:
+    """Restore what `random_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+    numpy = states["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
+    )
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+
+
+def new_epoch_totals() -> dict:
+    """An epoch's running sums (loss x tokens, counts, seconds), for its summary line."""
+    return dict(loss=0.0, attention=0.0, ctc=0.0, tokens=0, utterances=0, skipped=0, nonfinite=0, seconds=0.0)
+
+
+@dataclass
+class Progress:
+    """Where a training run is. last.pt stores it, and a resumed run carries on from exactly here."""
+
+    epoch: int = 0  # the epoch in progress
+    batches_done: int = 0  # batches of this epoch consumed (on each rank): the sampler position
+    step: int = 0  # optimiser updates so far
+    nonfinite_in_a_row: int = 0
+    best: dict = field(default_factory=lambda: {"wer": math.inf, "loss": math.inf, "epoch": -1})
+    totals: dict = field(default_factory=new_epoch_totals)
+
+
+def training_state(
+    model: LAS, tokenizer, optimizer, scheduler, progress: Progress, random: list[dict], extra: dict
+) -> dict:
+    """What resuming needs on top of what inference needs; `random` holds every rank's `random_states`."""
+    return {
+        **model_state(model, tokenizer),
+        **extra,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress),
+        "random": random,
+    }
+
+
+def load_training_state(
+    path: str | os.PathLike, model: LAS, optimizer, scheduler, rank: int = 0, world_size: int = 1
+) -> Progress:
+    """Load a `training_state` into the model, optimiser, scheduler and this rank's generators."""
+    state = load_checkpoint(path, map_location="cpu")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: does not match this model and optimiser: {error}") from None
+    if "progress" not in state:  # written before mid-epoch checkpoints existed: at an epoch's end
+        torch.set_rng_state(state["torch_rng"])
+        return Progress(epoch=state["epoch"] + 1, step=state["step"], best=state["best"])
+    progress = Progress(**state["progress"])
+    if len(state["random"]) == world_size:
+        set_random_states(state["random"][rank])
+    else:  # another number of ranks shards the batches differently: the epoch starts over
+        log.warning(
+            "%s was written by %d processes, this run has %d: epoch %d restarts from its first batch",
+            path,
+            len(state["random"]),
+            world_size,
+            progress.epoch,
+        )
+        progress.batches_done, progress.totals = 0, new_epoch_totals()
+    log.info(
+        "resumed from %s: epoch %d, batch %d, step %d",
+        path,
+        progress.epoch,
+        progress.batches_done,
+        progress.step,
+    )
+    return progress

@@ -5,6 +5,7 @@ audio and tokenises its text. Features are *not* computed here: they are compute
 on the model's device, so training and inference cannot disagree.
 """
 
+import itertools
 import logging
 import warnings
 import zlib
@@ -14,9 +15,10 @@ import lhotse
 import numpy as np
 import torch
 import torchaudio
-from lhotse.dataset import DynamicBucketingSampler
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from scipy.signal import butter, lfilter, sosfilt
 
+from asr.audio import limit_peak
 from asr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -197,6 +199,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             wave = audio.mean(axis=0) if audio.ndim == 2 else audio
         if not np.isfinite(wave).all():
             raise ValueError("audio contains NaN or infinite samples")
+        wave = limit_peak(wave)  # over-range float audio would overflow the float32 spectrum
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, zlib.crc32(cut.id.encode())])
             wave = augment_waveform(wave, self.augment, rng)
@@ -244,28 +247,51 @@ def make_loader(
     seed: int = 0,
     world_size: int = 1,
     rank: int = 0,
+    skip_batches: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader whose sampler is lhotse's DynamicBucketingSampler (sharded per rank)."""
+    """A DataLoader whose sampler is lhotse's DynamicBucketingSampler (sharded per rank).
+
+    The batches depend only on (`cuts`, `config`, `seed`, `world_size`, `rank`), and the loader
+    draws nothing from torch's global generator, so a run that restores its random states and
+    passes `skip_batches` (the batches it had consumed) carries on exactly where it stopped.
+    """
     num_buckets = config.num_buckets
     if not cuts.is_lazy:  # lhotse refuses more buckets than cuts (a tiny dev set)
         num_buckets = max(1, min(num_buckets, len(cuts)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
-        sampler = DynamicBucketingSampler(
-            cuts,
-            max_duration=config.max_duration,
-            num_buckets=num_buckets,
-            shuffle=config.shuffle,
-            drop_last=config.drop_last,
-            world_size=world_size,
-            rank=rank,
-            seed=seed,
-        )
+    common = dict(
+        shuffle=config.shuffle, drop_last=config.drop_last, world_size=world_size, rank=rank, seed=seed
+    )
+    if num_buckets < 2:  # bucketing needs two buckets and two cuts: one cut, or a rank's empty dev shard
+        sampler = SimpleCutSampler(cuts, max_duration=config.max_duration, **common)
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet.*")
+            sampler = DynamicBucketingSampler(
+                cuts, max_duration=config.max_duration, num_buckets=num_buckets, **common
+            )
     return torch.utils.data.DataLoader(
         dataset,
-        sampler=sampler,
+        sampler=SkipBatches(sampler, skip_batches) if skip_batches else sampler,
+        # its own generator: DataLoader otherwise draws a seed from the global one for every epoch
+        generator=torch.Generator().manual_seed(seed),
         batch_size=None,
         num_workers=config.num_workers,
         persistent_workers=False,
         prefetch_factor=4 if config.num_workers else None,
     )
+
+
+class SkipBatches:
+    """A sampler's batches after its first `num_skipped`: the sampler position of a resumed run.
+
+    Skipping runs the sampler alone (no audio is loaded). The training loop counts the batches it
+    consumed, rather than saving lhotse's `sampler.state_dict()`, because DataLoader workers draw
+    batches from the sampler ahead of the loop.
+    """
+
+    def __init__(self, sampler, num_skipped: int):
+        self.sampler = sampler
+        self.num_skipped = num_skipped
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.num_skipped, None)

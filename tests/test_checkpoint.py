@@ -89,3 +89,63 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="not a las-asr checkpoint"):
         load_checkpoint(path)
+
+
+def test_random_states_survive_a_weights_only_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from asr.checkpoint import random_states, set_random_states
+
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in NumPy's state
+    save_checkpoint({"format": "x", "random": random_states()}, tmp_path / "state.pt")
+    expected = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    set_random_states(torch.load(tmp_path / "state.pt", weights_only=True)["random"])
+    actual = (torch.rand(3), np.random.standard_normal(3), [random.random() for _ in range(3)])
+    assert torch.equal(actual[0], expected[0])
+    assert np.array_equal(actual[1], expected[1]) and actual[2] == expected[2]
+
+
+def test_weights_with_nan_are_never_written(tmp_path):
+    from asr.checkpoint import check_finite
+
+    model, tokenizer = make_model()
+    path = tmp_path / "last.pt"
+    check_finite(model, path)  # a healthy model passes
+    with torch.no_grad():
+        model.ctc_head.bias[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"non-finite values in ctc_head\.bias.*unchanged"):
+        check_finite(model, path)
+
+
+def test_an_unwritable_exp_dir_is_found_before_training(tmp_path):
+    from asr.checkpoint import check_writable
+
+    check_writable(tmp_path / "new" / "exp")  # created
+    assert (tmp_path / "new" / "exp").is_dir() and not any((tmp_path / "new" / "exp").iterdir())
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="cannot write checkpoints here"):
+        check_writable(tmp_path / "file" / "exp")
+
+
+def test_a_training_state_resumes_its_position_and_refuses_another_model(tmp_path):
+    from asr.checkpoint import Progress, load_training_state, random_states, training_state
+
+    model, tokenizer = make_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    position = Progress(epoch=2, batches_done=5, step=41)
+    state = training_state(model, tokenizer, optimizer, scheduler, position, [random_states()], {})
+    save_checkpoint(state, tmp_path / "last.pt")
+    torch.load(tmp_path / "last.pt", weights_only=True)  # plain data all through
+    progress = load_training_state(tmp_path / "last.pt", model, optimizer, scheduler)
+    assert (progress.epoch, progress.batches_done, progress.step) == (2, 5, 41)
+    # two ranks shard the batches differently from the one that wrote it: the epoch starts over
+    progress = load_training_state(tmp_path / "last.pt", model, optimizer, scheduler, rank=1, world_size=2)
+    assert (progress.epoch, progress.batches_done, progress.step) == (2, 0, 41)
+    other = LAS(tiny_config(vocab_size=tokenizer.vocab_size + 1))
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        load_training_state(tmp_path / "last.pt", other, optimizer, scheduler)

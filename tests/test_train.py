@@ -1,18 +1,24 @@
-"""Training: a tiny model overfits real speech; the whole CLI path runs end to end."""
+"""Training: a tiny model overfits real speech; the whole CLI path runs end to end; bad steps and
+full disks never cost the last good checkpoint."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from asr.corpora.fsdd import DIGIT_WORDS, StringConfig, fsdd_clips, make_strings, split_clips
-from asr.data import SpeechDataset
+import asr.train
+from asr.checkpoint import CheckpointError
+from asr.corpora.fsdd import DIGIT_WORDS, DigitStrings, StringConfig, fsdd_clips, make_strings, split_clips
+from asr.data import LoaderConfig, SpeechDataset
 from asr.decoding import DecodingOptions, decode
 from asr.features import FeatureConfig, FeatureStatistics
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from asr.tokenizer import CharTokenizer
-from asr.train import warmup_cosine
+from asr.train import OptimizerOptions, TrainerOptions, TrainingError, fit, warmup_cosine
+from tests.conftest import tiny_config
 
 BIN = Path(sys.executable).parent
 
@@ -103,3 +109,95 @@ def test_prepare_train_transcribe_and_score_from_the_command_line(tmp_path):
         BIN / "asr-wer", "--ref", data / "test" / "transcripts.txt", "--hyp", hypotheses, cwd=tmp_path
     )
     assert report.startswith("%WER ") and "%CER " in report
+
+
+@pytest.fixture(scope="module")
+def small_corpus(fsdd_dir):
+    """Eight short training strings from 40 clips of one speaker, and two dev strings."""
+    train, test = split_clips(fsdd_clips(fsdd_dir))
+    clips = train.filter(lambda c: c.custom["speaker"] == "jackson").subset(first=40).to_eager()
+    config = StringConfig(min_digits=1, max_digits=2, max_pause=0.1, max_edge_silence=0.1)
+    dev = make_strings(test.subset(first=10).to_eager(), 2, config, seed=1, prefix="dev")
+    return DigitStrings(clips, dev.to_eager(), strings_per_epoch=8, config=config, seed=0)
+
+
+def fit_small(corpus, exp_dir, **trainer):
+    tokenizer = CharTokenizer.build(DIGIT_WORDS)
+    torch.manual_seed(0)
+    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size))
+    options = dict(
+        exp_dir=str(exp_dir), max_epochs=1, device="cpu", stats_batches=2, checkpoint_every_steps=1
+    )
+    return fit(
+        model,
+        tokenizer,
+        corpus,
+        TrainerOptions(**{**options, **trainer}),
+        OptimizerOptions(warmup_steps=2),
+        LoaderConfig(max_duration=3.0, num_buckets=2),
+        None,
+        DecodingOptions(beam_size=1),
+    )
+
+
+def poison_batches(monkeypatch, poisoned) -> None:
+    """NaN into the waveforms of training batch n (1 = the first) when `poisoned(n)`, past the data checks."""
+    real = asr.train.forward_backward
+    calls = 0
+
+    def forward_backward(model, batch, *args):
+        nonlocal calls
+        calls += 1
+        if poisoned(calls):
+            batch.waves[0, :100] = float("nan")
+        return real(model, batch, *args)
+
+    monkeypatch.setattr(asr.train, "forward_backward", forward_backward)
+
+
+def saved(exp_dir: Path) -> dict:
+    return torch.load(exp_dir / "last.pt", weights_only=True)
+
+
+def all_finite(state: dict) -> bool:
+    return all(torch.isfinite(tensor).all() for tensor in state["model"].values())
+
+
+def test_a_nan_batch_is_skipped_logged_and_kept_out_of_checkpoints(
+    small_corpus, tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="asr")
+    poison_batches(monkeypatch, lambda batch: batch == 2)
+    fit_small(small_corpus, tmp_path)
+    state = saved(tmp_path)
+    assert all_finite(state) and all_finite(torch.load(tmp_path / "best.pt", weights_only=True))
+    assert "non-finite loss or gradient" in caplog.text and "1 non-finite" in caplog.text
+    progress = state["progress"]
+    assert progress["epoch"] == 1 and progress["step"] >= 2  # the other batches trained
+
+
+def test_non_finite_steps_in_a_row_stop_with_the_last_good_checkpoint(small_corpus, tmp_path, monkeypatch):
+    poison_batches(monkeypatch, lambda batch: batch >= 3)
+    with pytest.raises(TrainingError, match="2 non-finite steps in a row"):
+        fit_small(small_corpus, tmp_path, max_nonfinite_steps=2)
+    state = saved(tmp_path)
+    assert all_finite(state)
+    assert state["progress"]["step"] == 2  # the two good updates, none of the bad ones
+
+
+def test_a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(small_corpus, tmp_path, monkeypatch):
+    real_save, calls = torch.save, 0
+
+    def save(*args, **kwargs):  # the third checkpoint meets a full disk
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            raise OSError(28, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError, match="No space left on device.*unchanged"):
+        fit_small(small_corpus, tmp_path)
+    state = saved(tmp_path)  # still the second one, whole
+    assert state["progress"]["batches_done"] == 2 and all_finite(state)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []

@@ -2,25 +2,35 @@
 
     asr-train experiment=digits
     asr-train experiment=digits trainer.max_epochs=5 model.attention.type=dot
+    asr-train experiment=digits trainer.resume=true                    (carry on from last.pt)
     torchrun --nproc_per_node 2 -m asr.cli.train experiment=digits    (several processes, see README)
 
 The configs live in `conf/` and are installed with the package as `asr.conf`, so the command
 works from any folder after `pip install .`.
+
+Exit status: 0 when training finished; 1 with a one-line message when it cannot go on (an
+unwritable exp_dir, a full disk, data that cannot be read, non-finite steps in a row); 128 + the
+signal number after SIGTERM or SIGINT, once last.pt is written.
 """
 
 import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from asr import distributed
+from asr.checkpoint import CheckpointError, check_writable
 from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import CharTokenizer
-from asr.train import OptimizerOptions, TrainerOptions, fit
+from asr.train import OptimizerOptions, Stopped, TrainerOptions, TrainingError, fit
 
 log = logging.getLogger("asr.train")
 
@@ -37,27 +47,35 @@ def build_model(model_config: DictConfig, vocab_size: int) -> LAS:
 
 
 def run(config: DictConfig) -> dict:
-    """Build everything the config describes and train."""
-    torch.manual_seed(config.seed)
-    if config.trainer.num_threads:
-        torch.set_num_threads(config.trainer.num_threads)
-    corpus = build_corpus(seed=config.seed, **config.data.corpus)
-    tokenizer = build_tokenizer(config.tokenizer.type, corpus.texts())
-    model = build_model(config.model, tokenizer.vocab_size)
-    trainer = {k: v for k, v in config.trainer.items() if k != "num_threads"}
-    optimizer = OmegaConf.to_container(config.optimizer)
-    optimizer["betas"] = tuple(optimizer["betas"])
-    return fit(
-        model,
-        tokenizer,
-        corpus,
-        TrainerOptions(exp_dir=config.exp_dir, **trainer),
-        OptimizerOptions(**optimizer),
-        LoaderConfig(**config.data.loader),
-        AugmentConfig(**config.data.augment) if config.data.augment else None,
-        DecodingOptions(**config.validation),
-        seed=config.seed,
-    )
+    """Build everything the config describes and train (as one rank of a group under torchrun)."""
+    process = distributed.start(config.trainer.device)
+    try:
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        if config.trainer.num_threads:
+            torch.set_num_threads(config.trainer.num_threads)
+        try:
+            corpus = build_corpus(seed=config.seed, **config.data.corpus)
+        except (OSError, ValueError) as error:  # a missing or unreadable manifest, bad text
+            raise TrainingError(f"cannot read the training data: {error}") from error
+        tokenizer = build_tokenizer(config.tokenizer.type, corpus.texts())
+        model = build_model(config.model, tokenizer.vocab_size)
+        trainer = {k: v for k, v in config.trainer.items() if k != "num_threads"}
+        optimizer = OmegaConf.to_container(config.optimizer)
+        optimizer["betas"] = tuple(optimizer["betas"])
+        return fit(
+            model,
+            tokenizer,
+            corpus,
+            TrainerOptions(exp_dir=config.exp_dir, **trainer),
+            OptimizerOptions(**optimizer),
+            LoaderConfig(**config.data.loader),
+            AugmentConfig(**config.data.augment) if config.data.augment else None,
+            DecodingOptions(**config.validation),
+            seed=config.seed,
+            process=process,
+        )
+    finally:
+        distributed.stop(process)
 
 
 def config_path() -> str:
@@ -70,10 +88,44 @@ def config_path() -> str:
     return str(checkout) if (checkout / "train.yaml").is_file() else "pkg://asr.conf"
 
 
+class CheckExpDir(Callback):
+    """Before Hydra creates exp_dir for its log file, check that it can: one line if not, not a traceback.
+
+    Named in conf/train.yaml (hydra.callbacks); Hydra would otherwise fail in its own set-up.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        exp_dir = OmegaConf.select(config, "exp_dir", throw_on_missing=False)
+        if exp_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+            try:
+                check_writable(exp_dir)
+            except CheckpointError as error:
+                print(f"asr-train: error: {error}", file=sys.stderr)
+                sys.exit(1)
+
+
+def quiet_other_ranks() -> None:
+    """Under torchrun only rank 0 logs progress (and writes train.log); other ranks say only warnings."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)
+        logging.getLogger("asr").setLevel(logging.WARNING)
+
+
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
 def main(config: DictConfig) -> None:
+    quiet_other_ranks()
     log.info("config:\n%s", OmegaConf.to_yaml(config))
-    run(config)
+    try:
+        run(config)
+    except Stopped as stopped:
+        log.warning("%s", stopped)
+        sys.exit(128 + stopped.signal_number)
+    except (CheckpointError, TrainingError) as error:
+        # the message names the file and the problem; a traceback would only bury it
+        log.error("%s", error)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
