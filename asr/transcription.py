@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.audio import AudioError, audio_info, find_audio_files, load_audio
+from asr.audio import AudioError, audio_info, find_audio_files, limit_peak, load_audio
 from asr.segmentation import Segment, SegmentationConfig, energy_envelope, find_segments, segment_file
 
 MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -76,7 +76,7 @@ class CutAudio:
             else self.cut.truncate(offset=segment.start, duration=segment.duration)
         )
         samples = self._samples(piece.resample(sample_rate) if piece.sampling_rate != sample_rate else piece)
-        return torch.from_numpy(samples)
+        return torch.from_numpy(limit_peak(samples))  # as load_audio does: float audio can exceed 1
 
     def segments(self, config: SegmentationConfig) -> list[Segment]:
         envelope = energy_envelope(
