@@ -262,17 +262,40 @@ def _read_with_soundfile(path: Path, offset: float, duration: float | None) -> t
                 f"{path}: offset {offset} s is at or past the end of the audio "
                 f"({audio_file.frames / rate:.3f} s)"
             )
-        num_frames = -1 if duration is None else max(round(duration * rate), 1)
+        num_frames = audio_file.frames - start if duration is None else max(round(duration * rate), 1)
         try:
             if start > 0:
                 audio_file.seek(start)
-            samples = audio_file.read(num_frames, dtype="float32", always_2d=True)
+            samples = _read_blocks(audio_file, num_frames)
         except soundfile.LibsndfileError as error:
             # the header was read, the data was not: no other decoder will do better
             raise AudioError(
                 f"{path}: audio data is truncated or corrupt ({error.error_string.rstrip('.')})"
             ) from None
     return samples, rate
+
+
+# Samples (all channels) read at a time: 64 MiB of float32.
+_BLOCK_SAMPLES = 2**24
+
+
+def _read_blocks(audio_file: soundfile.SoundFile, num_frames: int) -> np.ndarray:
+    """Up to `num_frames` frames from the current position, (frames, channels) float32.
+
+    Read a block at a time, so memory follows the data that is there: a damaged header that
+    claims 4 billion frames (or 65535 channels) would otherwise allocate tens of GiB up front.
+    """
+    block_frames = max(1, _BLOCK_SAMPLES // audio_file.channels)
+    blocks = []
+    while num_frames > 0:
+        block = audio_file.read(min(num_frames, block_frames), dtype="float32", always_2d=True)
+        if not len(block):
+            break
+        blocks.append(block)
+        num_frames -= len(block)
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.concatenate(blocks) if blocks else np.zeros((0, audio_file.channels), np.float32)
 
 
 def _decode_with_librosa(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
