@@ -13,6 +13,8 @@ import faulthandler
 import io
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,16 +239,27 @@ def test_a_folder_of_hostile_files(checkpoint, tmp_path):
         "missing": "no such file",
     }
     hour = hour_of_silence_with_a_word(tmp_path / "hour.wav")
+    manifest = tmp_path / "manifest.jsonl.gz"  # the same problems through lhotse
+    recordings = [
+        Recording.from_file(good / "loud.wav", recording_id="m_loud"),
+        Recording.from_file(bad / "nan.wav", recording_id="m_nan"),
+        bad_recording(tmp_path / "gone.wav", "m_gone"),
+    ]
+    CutSet.from_cuts(cut_of(recording, "") for recording in recordings).to_file(manifest)
+    problems.update({"m_nan": "NaN or infinite", "m_gone": "cannot load audio"})
 
     with no_hang():
-        status, texts, errors = transcribe("--model", checkpoint, good, bad, hour, tmp_path / "missing.wav")
+        status, texts, errors = transcribe(
+            "--model", checkpoint, good, bad, hour, tmp_path / "missing.wav", manifest
+        )
         alone_status, alone, _ = transcribe("--model", checkpoint, good)
     assert status == 1 and alone_status == 0
-    assert set(texts) == {p.stem for p in good.iterdir()} | {"hour"}
+    assert set(texts) == {p.stem for p in good.iterdir()} | {"hour", "m_loud"}
     assert {name: texts[name] for name in alone} == alone  # bad neighbours change no good result
     assert len(errors) == len(problems)
     for name, problem in problems.items():
-        assert any(f"{name}." in line and problem in line for line in errors), (name, errors)
+        assert any(f"{name}." in line or f":{name}:" in line for line in errors), (name, errors)
+        assert any(name in line and problem in line for line in errors), (name, problem, errors)
 
 
 def bad_recording(path: Path, recording_id: str) -> Recording:
@@ -314,3 +327,17 @@ def test_training_on_nothing_usable_says_so(tmp_path):
     with pytest.raises(TrainingError, match="no usable audio"):
         fit_on(corpus, tmp_path / "exp")
     assert not os.path.exists(tmp_path / "exp" / "last.pt")
+
+
+def test_a_manifest_that_is_not_utf8_is_one_clear_line(tmp_path):
+    (tmp_path / "train.jsonl").write_bytes(b'\xff\xfe{"id": "x"}\n')
+    command = [
+        str(Path(sys.executable).parent / "asr-train"),
+        "experiment=digits_smoke",
+        f"exp_dir={tmp_path / 'exp'}",
+        f"data.corpus.train_clips={tmp_path / 'train.jsonl'}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "ERROR" in line]
+    assert "cannot read the training data" in line and "train.jsonl" in line and "utf-8" in line

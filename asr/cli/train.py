@@ -55,8 +55,9 @@ def run(config: DictConfig) -> dict:
             torch.set_num_threads(config.trainer.num_threads)
         try:
             corpus = build_corpus(seed=config.seed, **config.data.corpus)
-        except (OSError, ValueError) as error:  # a missing or unreadable manifest, bad text
-            raise TrainingError(f"cannot read the training data: {error}") from error
+        except (OSError, ValueError) as error:  # a missing or unreadable manifest, text that is not UTF-8
+            manifests = [str(v) for k, v in config.data.corpus.items() if k.endswith(("_cuts", "_clips"))]
+            raise TrainingError(f"cannot read the training data ({', '.join(manifests)}): {error}") from error
         tokenizer = build_tokenizer(config.tokenizer.type, corpus.texts())
         model = build_model(config.model, tokenizer.vocab_size)
         trainer = {k: v for k, v in config.trainer.items() if k != "num_threads"}
@@ -96,7 +97,7 @@ class CheckExpDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         exp_dir = OmegaConf.select(config, "exp_dir", throw_on_missing=False)
-        if exp_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        if exp_dir is not None:  # every rank: Hydra creates the folder on each
             try:
                 check_writable(exp_dir)
             except CheckpointError as error:
@@ -110,6 +111,7 @@ def quiet_other_ranks() -> None:
         root = logging.getLogger()
         for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
             root.removeHandler(handler)
+            handler.close()
         logging.getLogger("asr").setLevel(logging.WARNING)
 
 
