@@ -9,12 +9,14 @@ spends per batch) but not audio loading. Each figure is the median of `--repeats
 untimed warm-up run per search; batched and one-at-a-time runs alternate, so that on a shared
 machine both see the same load.
 
-The utterances are the first `--num-utterances` test strings of the digits recipe (`asr-prepare
-digits` writes them to exp/digits/data/test/cuts.jsonl.gz) when that manifest exists, else
-deterministic generated audio. Without `--model`, a freshly initialised model of the digits
-recipe's sizes (conf/experiment/digits.yaml) is timed, with eos suppressed so that every search
-runs to its maximum length and decode lengths do not depend on random weights; a trained model
-stops much earlier, so its figures are the ones to report.
+The utterances are the first `--num-utterances` test strings of the digits recipe by id
+(`asr-prepare digits` writes them to exp/digits/data/test/cuts.jsonl.gz) when that manifest
+exists, else deterministic generated audio. Their lengths are mixed, so the batch is padded to its
+longest one; `--similar-lengths` takes those around the median duration instead, as in the
+duration-sorted batches of `asr-transcribe`. Without `--model`, a freshly initialised model of the
+digits recipe's sizes (conf/experiment/digits.yaml) is timed, with eos suppressed so that every
+search runs to its maximum length and decode lengths do not depend on random weights; a trained
+model stops much earlier, so its figures are the ones to report.
 
 Prints a markdown table and a final line `RESULT {json}` for scripts.
 """
@@ -79,15 +81,23 @@ def fresh_digits_model() -> torch.nn.Module:
     return model.eval()
 
 
-def load_utterances(data: str, count: int, sample_rate: int) -> list[torch.Tensor]:
-    """`count` mono float32 waveforms (num_samples,) at `sample_rate`."""
+def load_utterances(data: str, count: int, sample_rate: int, similar_lengths: bool) -> list[torch.Tensor]:
+    """`count` mono float32 waveforms (num_samples,) at `sample_rate`: the first cuts by id, or
+    with `similar_lengths` the `count` around the median duration."""
     path = Path(data)
     if data != "generated" and path.is_file():
         import lhotse
 
-        cuts = sorted(lhotse.load_manifest(path), key=lambda cut: cut.id)[:count]
-        cuts = [cut.resample(sample_rate) if cut.sampling_rate != sample_rate else cut for cut in cuts]
-        print(f"utterances: the first {len(cuts)} cuts of {path}", file=sys.stderr)
+        cuts = sorted(lhotse.load_manifest(path), key=lambda cut: cut.id)
+        if similar_lengths:
+            by_duration = sorted(cuts, key=lambda cut: (cut.duration, cut.id))
+            start = max(0, (len(by_duration) - count) // 2)
+            cuts = sorted(by_duration[start : start + count], key=lambda cut: cut.id)
+        cuts = [
+            cut.resample(sample_rate) if cut.sampling_rate != sample_rate else cut for cut in cuts[:count]
+        ]
+        which = "median-duration" if similar_lengths else "first"
+        print(f"utterances: the {which} {len(cuts)} cuts of {path}", file=sys.stderr)
         return [torch.from_numpy(cut.load_audio()).float().mean(0) for cut in cuts]
     print(f"utterances: {count} generated (no manifest at {path})", file=sys.stderr)
     return [generated_utterance(seed, sample_rate) for seed in range(count)]
@@ -178,7 +188,9 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     model = load_model(args.model)[0] if args.model else fresh_digits_model()
-    waves = load_utterances(args.data, args.num_utterances, model.config.features.sample_rate)
+    waves = load_utterances(
+        args.data, args.num_utterances, model.config.features.sample_rate, args.similar_lengths
+    )
     results = measure(model, waves, args.repeats)
     audio_seconds = sum(w.numel() for w in waves) / model.config.features.sample_rate
     print(
@@ -190,6 +202,7 @@ def main(argv=None) -> int:
         "model": args.model or "fresh digits-sized model, eos suppressed",
         "parameters": sum(p.numel() for p in model.parameters()),
         "num_utterances": len(waves),
+        "similar_lengths": args.similar_lengths,
         "audio_seconds": audio_seconds,
         "threads": args.threads,
         "repeats": args.repeats,
