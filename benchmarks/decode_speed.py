@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-utterances", type=int, default=16, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
+        "--similar-lengths",
+        action="store_true",
+        help="take the utterances around the median duration, as in one of asr-transcribe's "
+        "duration-sorted batches (default: the first by id, of mixed lengths)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=2, metavar="N", help="torch threads (default: %(default)s)"
     )
     parser.add_argument(
