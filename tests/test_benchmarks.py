@@ -87,15 +87,31 @@ def test_longest_repeat_counts_back_to_back_ngrams():
     assert longest_repeat([]) == 0
 
 
-def test_long_recordings_are_built_deterministically(tmp_path):
-    long_recording = _module("long_recording")
+def _cuts(folder: Path, seconds: list[int]) -> list:
+    """Cuts of constant audio, `seconds[i]` long, with the text word<i>."""
     cuts = []
-    for index in range(3):
-        path = tmp_path / f"string{index}.flac"
-        soundfile.write(path, np.full(8000 * (index + 1), 0.1, dtype=np.float32), 8000)
+    for index, length in enumerate(seconds):
+        path = folder / f"string{index}.flac"
+        soundfile.write(path, np.full(8000 * length, 0.1, dtype=np.float32), 8000)
         cut = lhotse.Recording.from_file(path).to_cut()
         cut.supervisions = [lhotse.SupervisionSegment(cut.id, cut.id, 0, cut.duration, text=f"word{index}")]
         cuts.append(cut)
+    return cuts
+
+
+def test_decode_speed_takes_the_first_or_the_median_length_utterances(tmp_path):
+    load_utterances = _module("decode_speed").load_utterances
+    manifest = tmp_path / "cuts.jsonl.gz"
+    lhotse.CutSet.from_cuts(_cuts(tmp_path, [5, 1, 4, 2, 3])).to_file(manifest)
+    first = load_utterances(str(manifest), 3, 8000, similar_lengths=False)
+    assert [len(wave) // 8000 for wave in first] == [5, 1, 4]  # by id: string0, string1, string2
+    median = load_utterances(str(manifest), 3, 8000, similar_lengths=True)
+    assert [len(wave) // 8000 for wave in median] == [4, 2, 3]  # durations 2-4 s, in id order
+
+
+def test_long_recordings_are_built_deterministically(tmp_path):
+    long_recording = _module("long_recording")
+    cuts = _cuts(tmp_path, [1, 2, 3])
     first = long_recording.build_recording(cuts, 0.2, seed=0, path=tmp_path / "a.flac")
     second = long_recording.build_recording(cuts, 0.2, seed=0, path=tmp_path / "b.flac")
     assert first == second and (tmp_path / "a.flac").read_bytes() == (tmp_path / "b.flac").read_bytes()
