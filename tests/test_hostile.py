@@ -119,7 +119,7 @@ def write_file(folder: Path, name: str, spec: AudioSpec) -> Path:
     return path
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=audio_specs())
 def test_load_audio_returns_finite_mono_audio_or_names_the_file(spec):
     with tempfile.TemporaryDirectory() as folder, no_hang():
@@ -173,7 +173,7 @@ def transcribe(*arguments) -> tuple[int, dict[str, str], list[str]]:
     return status, texts, errors
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(specs=st.lists(audio_specs(), min_size=1, max_size=3))
 def test_transcribe_reports_bad_files_and_transcribes_the_rest(checkpoint, specs):
     with tempfile.TemporaryDirectory() as folder, no_hang():
@@ -275,7 +275,8 @@ def cut_of(recording: Recording, text) -> MonoCut:
 
 def hostile_manifest(folder: Path) -> tuple[Path, int]:
     """Training cuts: six FSDD clips (one with an empty transcript, one with characters seen nowhere
-    else) and four bad files; returns the manifest and the number of bad cuts."""
+    else) and four bad files; dev cuts: two clips (one with characters outside the vocabulary) and a
+    missing file. Returns the training manifest and the number of bad cuts in it."""
     paths = [FSDD_DIR / "recordings" / f"{digit}_jackson_10.flac" for digit in range(6)]
     recordings = [Recording.from_file(path) for path in paths]
     texts = ["", "zéro ✓ 42", *DIGIT_WORDS[2:6]]
@@ -288,7 +289,8 @@ def hostile_manifest(folder: Path) -> tuple[Path, int]:
         for name in ("missing.wav", "text.wav", "nan.wav", "truncated.flac")
     ]
     CutSet.from_cuts(good + bad).to_file(folder / "train.jsonl.gz")
-    CutSet.from_cuts(good[2:4] + bad[:1]).to_file(folder / "dev.jsonl.gz")
+    dev = [good[2], cut_of(recordings[3], "three жук"), bad[0]]
+    CutSet.from_cuts(dev).to_file(folder / "dev.jsonl.gz")
     return folder / "train.jsonl.gz", len(bad)
 
 
