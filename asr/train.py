@@ -40,6 +40,7 @@ from asr.checkpoint import (
 )
 from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
 from asr.decoding import DecodingOptions, decode
+from asr.diagnostics import attention_diagnostics, attention_figure, summarise
 from asr.distributed import Process, StopSignals, any_rank, resolve_device, sum_over_ranks
 from asr.features import FeatureStatistics
 from asr.metrics import word_errors
@@ -269,6 +270,10 @@ def report_epoch(epoch: int, train: dict, dev: dict, writer: SummaryWriter | Non
     add_scalars(
         writer, step, {"dev/loss": dev["loss"], "dev/wer": dev["wer"], "train/epoch_loss": train["loss"]}
     )
+    add_scalars(writer, step, {f"dev_attention/{key}": value for key, value in dev["attention"].items()})
+    if writer is not None and dev["example"] is not None:
+        weights, labels, title = dev["example"]
+        writer.add_figure("dev/attention", attention_figure(weights, labels, title), step)
 
 
 def add_scalars(writer: SummaryWriter | None, step: int, values: dict) -> None:
@@ -282,7 +287,7 @@ def add_scalars(writer: SummaryWriter | None, step: int, values: dict) -> None:
 def validate(model, tokenizer, loader, process: Process, decoding: DecodingOptions, signals) -> dict | None:
     """Teacher-forced dev loss and free-running dev WER over every rank's shard; None when stopped."""
     model.eval()
-    loss_sum, tokens, references, hypotheses = 0.0, 0, [], []
+    loss_sum, tokens, references, hypotheses, attention, example = 0.0, 0, [], [], [], None
     for batch in loader:
         if signals.received is not None:
             break  # no collectives in here, so a rank may leave early; the sums below tell the others
@@ -295,8 +300,14 @@ def validate(model, tokenizer, loader, process: Process, decoding: DecodingOptio
         for hypothesis, reference in zip(
             decode(model, batch.waves, batch.wave_lens, decoding), batch.texts, strict=True
         ):
-            hypotheses.append(tokenizer.decode(hypothesis.tokens))
+            text = tokenizer.decode(hypothesis.tokens)
+            hypotheses.append(text)
             references.append(reference)
+            # alignment being learned, epoch by epoch (asr-evaluate reports the same diagnostics)
+            attention.append(attention_diagnostics(hypothesis.attention, text, reference))
+            if example is None:
+                labels = [tokenizer.symbols[t] for t in hypothesis.tokens] + ["<eos>"]
+                example = (hypothesis.attention, labels, f"REF: {reference}\nHYP: {text}")
     errors = word_errors(references, hypotheses)
     local = [loss_sum, tokens, errors.num_errors, errors.num_reference, len(references)]
     loss_sum, tokens, num_errors, num_reference, utterances, stopped = sum_over_ranks(
@@ -305,7 +316,11 @@ def validate(model, tokenizer, loader, process: Process, decoding: DecodingOptio
     if stopped:
         return None
     return dict(
-        loss=loss_sum / max(1, tokens), wer=num_errors / max(1, num_reference), utterances=int(utterances)
+        loss=loss_sum / max(1, tokens),
+        wer=num_errors / max(1, num_reference),
+        utterances=int(utterances),
+        attention=summarise(attention),  # this rank's dev share; rank 0 logs it
+        example=example,
     )
 
 

@@ -90,7 +90,13 @@ def test_prepare_train_transcribe_and_score_from_the_command_line(tmp_path):
         cwd=tmp_path,
     )
     assert {"best.pt", "last.pt", "train.log"} <= {p.name for p in exp.iterdir()}
-    assert any((exp / "tensorboard").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(exp / "tensorboard")).Reload()
+    assert {"dev/wer", "dev/loss", "dev_attention/diagonality", "dev_attention/coverage"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert "dev/attention" in events.Tags()["images"]  # the heatmap of one dev utterance per epoch
     hypotheses = tmp_path / "hyp.txt"
     run(
         BIN / "asr-transcribe",
