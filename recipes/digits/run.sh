@@ -7,12 +7,13 @@
 #   FSDD_DIR=/path/to/free-spoken-digit-dataset bash recipes/digits/run.sh   # full upstream copy
 #   bash recipes/digits/run.sh -- trainer.max_epochs=4 model.attention.type=dot   # Hydra overrides
 #
-# Stages: 0 prepare manifests and dev/test audio, 1 train, 2 evaluate on test, 3 transcribe a recording.
+# Stages: 0 prepare manifests and dev/test audio, 1 train, 2 evaluate on test, 3 transcribe a recording,
+# 4 evaluation reports (WER by length, attention diagnostics and plots) on the test and the long strings.
 set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: exp/ is created here
 
 stage=0
-stop_stage=3
+stop_stage=4
 exp_dir=exp/digits
 overrides=()
 while [ $# -gt 0 ]; do
@@ -53,6 +54,15 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   echo "== stage 3: transcribe one recording: $recording"
   asr-transcribe --model "$exp_dir/best.pt" "$recording"
   echo "   reference: $(grep "$(basename "$recording" .flac)" "$data_dir/test/transcripts.txt" | cut -f2)"
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  echo "== stage 4: evaluation reports on the test strings and the long (20-40 digit) strings"
+  for set in test long; do
+    asr-evaluate --model "$exp_dir/best.pt" --beam-size $beam_size --ctc-weight $ctc_weight \
+      --out "$exp_dir/report_$set" "$data_dir/$set/cuts.jsonl.gz"
+  done
+  echo "   reports: $exp_dir/report_test/report.md, $exp_dir/report_long/report.md"
 fi
 
 echo "== done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s; model: $exp_dir/best.pt"
