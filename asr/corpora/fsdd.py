@@ -52,27 +52,26 @@ def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
     cuts = []
     for path in paths:
         digit, speaker, index, _ = FILE_NAME.match(path.name).groups()
-        recording = Recording.from_file(path.resolve(), recording_id=path.stem)
-        supervision = SupervisionSegment(
-            id=path.stem,
-            recording_id=path.stem,
-            start=0.0,
-            duration=recording.duration,
-            text=DIGIT_WORDS[int(digit)],
-            speaker=speaker,
-        )
-        cuts.append(
-            MonoCut(
-                id=path.stem,
-                start=0.0,
-                duration=recording.duration,
-                channel=0,
-                recording=recording,
-                supervisions=[supervision],
-                custom={"speaker": speaker, "take": int(index)},
-            )
-        )
+        cut = whole_recording_cut(path, path.stem, DIGIT_WORDS[int(digit)], speaker=speaker)
+        cut.custom = {"speaker": speaker, "take": int(index)}
+        cuts.append(cut)
     return CutSet.from_cuts(cuts)
+
+
+def whole_recording_cut(path: Path, cut_id: str, text: str, speaker: str | None = None) -> MonoCut:
+    """A cut over a whole audio file (absolute path, so manifests work from any folder) with its text."""
+    recording = Recording.from_file(path.resolve(), recording_id=cut_id)
+    supervision = SupervisionSegment(
+        id=cut_id, recording_id=cut_id, start=0.0, duration=recording.duration, text=text, speaker=speaker
+    )
+    return MonoCut(
+        id=cut_id,
+        start=0.0,
+        duration=recording.duration,
+        channel=0,
+        recording=recording,
+        supervisions=[supervision],
+    )
 
 
 def split_clips(clips: CutSet) -> tuple[CutSet, CutSet]:
@@ -131,20 +130,7 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
             audio = string.load_audio()[0]
             soundfile.write(path, np.clip(audio, -1, 1), string.sampling_rate, subtype="PCM_16")
             transcripts.write(f"{string.id}\t{text}\n")
-            recording = Recording.from_file(path.resolve(), recording_id=string.id)
-            supervision = SupervisionSegment(
-                id=string.id, recording_id=string.id, start=0.0, duration=recording.duration, text=text
-            )
-            cuts.append(
-                MonoCut(
-                    id=string.id,
-                    start=0.0,
-                    duration=recording.duration,
-                    channel=0,
-                    recording=recording,
-                    supervisions=[supervision],
-                )
-            )
+            cuts.append(whole_recording_cut(path, string.id, text))
     cut_set = CutSet.from_cuts(cuts)
     cut_set.to_file(out_dir / "cuts.jsonl.gz")
     return cut_set
