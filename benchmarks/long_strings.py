@@ -13,13 +13,15 @@ word, and extra repeats: outputs in which some n-gram (n <= 4) repeats back to b
 than anywhere in the reference ("seven seven seven" for "seven nine", or "five four five four
 five four"), the signature of an attention decoder that loops (espnet#1297). A substitution can
 make one too ("six three three" -> "three three three"), so read them with the insertions and the
-length ratio. The ratio is the long-string WER over the test-string WER.
+length ratio. The ratio is the long-string WER over the test-string WER. RTF is the one
+asr-transcribe reports (model loading excluded).
 
 Prints a markdown table and a final line `RESULT {json}`.
 """
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -107,8 +109,12 @@ def decode_set(args, set_name: str, ctc_weight: float) -> dict:
     finished = subprocess.run([*arguments, str(data / "cuts.jsonl.gz")], capture_output=True, text=True)
     if finished.returncode != 0:
         raise RuntimeError(f"asr-transcribe failed:\n{finished.stderr[-2000:]}")
-    print(f"ctc {ctc_weight:g} {set_name}: {finished.stderr.strip().splitlines()[-1]}", file=sys.stderr)
-    return score(read_transcripts(data / "transcripts.txt"), read_transcripts(output))
+    summary = finished.stderr.strip().splitlines()[-1]
+    print(f"ctc {ctc_weight:g} {set_name}: {summary}", file=sys.stderr)
+    # "N files, A s of audio in W s (real-time factor ...)": W excludes loading the model
+    seconds = re.search(r"([0-9.]+) s of audio in ([0-9.]+) s", summary)
+    result = score(read_transcripts(data / "transcripts.txt"), read_transcripts(output))
+    return {**result, "rtf": float(seconds.group(2)) / float(seconds.group(1))}
 
 
 def main(argv=None) -> int:
@@ -124,8 +130,10 @@ def main(argv=None) -> int:
                 "ratio": long["wer"] / max(test["wer"], 1e-9),
             }
         )
-    print("| CTC weight | set | strings | words | WER | sub / del / ins | hyp/ref words | extra repeats |")
-    print("|---:|---|---:|---:|---:|---|---:|---:|")
+    print(
+        "| CTC weight | set | strings | words | WER | sub / del / ins | hyp/ref words | extra repeats | RTF |"
+    )
+    print("|---:|---|---:|---:|---:|---|---:|---:|---:|")
     for result in results:
         for set_name in ("test", "long"):
             row = result[set_name]
@@ -133,7 +141,7 @@ def main(argv=None) -> int:
                 f"| {result['ctc_weight']:g} | {set_name} | {row['utterances']} | {row['words']} "
                 f"| {100 * row['wer']:.2f}% "
                 f"| {row['substitutions']} / {row['deletions']} / {row['insertions']} "
-                f"| {row['length_ratio']:.2f} | {len(row['repeats'])} |"
+                f"| {row['length_ratio']:.2f} | {len(row['repeats'])} | {row['rtf']:.3f} |"
             )
     for result in results:
         print(f"CTC weight {result['ctc_weight']:g}: long / test WER = {result['ratio']:.2f}")
