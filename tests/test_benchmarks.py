@@ -21,6 +21,15 @@ from tests.conftest import REPO, tiny_config
 BENCHMARKS = REPO / "benchmarks"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors on two shared cores: one thread is faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _module(name: str):
     """Import benchmarks/<name>.py, which is a script folder, not a package."""
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
