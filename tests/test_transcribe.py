@@ -10,7 +10,6 @@ import pytest
 import soundfile
 import torch
 
-import asr.lm
 from asr.checkpoint import load_model, model_state, save_checkpoint
 from asr.cli.transcribe import main
 from asr.decoding import DecodingOptions
@@ -225,12 +224,6 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, checkpoint, argumen
 def test_cuda_without_a_gpu_is_a_usage_error(tmp_path, capsys, checkpoint):
     status, _, err = _run(capsys, "--model", checkpoint, "--device", "cuda", _write(tmp_path / "a.wav", 0.5))
     assert status == 2 and "CUDA is not available" in err
-
-
-@pytest.mark.skipif(hasattr(asr.lm, "load_language_model"), reason="asr.lm can load language models now")
-def test_lm_fusion_without_a_loader_says_what_is_missing(tmp_path, capsys, checkpoint):
-    status, _, err = _run(capsys, "--model", checkpoint, "--lm", checkpoint, _write(tmp_path / "a.wav", 0.5))
-    assert status == 2 and "language-model fusion needs" in err
 
 
 def test_help_shows_the_defaults(capsys):

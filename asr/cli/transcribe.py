@@ -185,7 +185,7 @@ def _set_up(args: argparse.Namespace) -> _Setup:
         model, tokenizer = load_model(args.model, device)
     except CheckpointError as error:
         raise _UsageError(str(error)) from None
-    language_model = _load_language_model(args, model, device)
+    language_model = _load_language_model(args, model, tokenizer, device)
     option_values = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight}
     if language_model is not None:
         option_values["lm_weight"] = DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
@@ -244,28 +244,21 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _load_language_model(args: argparse.Namespace, model, device: torch.device):
+def _load_language_model(args: argparse.Namespace, model, tokenizer, device: torch.device):
     """The LM for shallow fusion, or None without --lm; raises _UsageError when it cannot be used."""
     if args.lm is None:
         return None
-    import asr.lm
+    from asr.lm import load_language_model
 
-    loader = getattr(asr.lm, "load_language_model", None)
-    if loader is None:
-        raise _UsageError(
-            "language-model fusion needs asr.lm.load_language_model, which this version of the "
-            "package does not have yet; transcribe without --lm"
-        )
     try:
-        loaded = loader(args.lm, device)
+        language_model, lm_tokenizer = load_language_model(args.lm, device)
     except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as error:
         raise _UsageError(f"{args.lm}: cannot load language model: {error}") from None
-    language_model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, tokenizer) or model
-    vocab_size = getattr(getattr(language_model, "config", None), "vocab_size", None)
-    if vocab_size is not None and vocab_size != model.config.vocab_size:
+    # same size is not enough: two character sets of one size would fuse silently wrong
+    if lm_tokenizer.to_dict() != tokenizer.to_dict():
         raise _UsageError(
-            f"{args.lm}: the language model has {vocab_size} tokens but the model has "
-            f"{model.config.vocab_size}; they must share a tokenizer"
+            f"{args.lm}: the language model's tokenizer differs from the acoustic model's; train it with "
+            "asr-train-lm tokenizer_from=<this model's checkpoint>"
         )
     return language_model.to(device).eval()
 
