@@ -5,6 +5,7 @@ Prints Kaldi's three summary lines (%WER, %CER, %SER), computed on normalised te
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -66,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     hypothesis_texts = [hypotheses.get(utterance_id, "") for utterance_id in utterance_ids]
     per_utterance = utterance_word_errors(reference_texts, hypothesis_texts)
     word_counts = sum(per_utterance, ErrorCounts())
-    print(kaldi_summary(word_counts, "WER"))
-    print(kaldi_summary(char_errors(reference_texts, hypothesis_texts), "CER"))
-    print(kaldi_sentence_summary(word_counts))
+    try:
+        print(kaldi_summary(word_counts, "WER"))
+        print(kaldi_summary(char_errors(reference_texts, hypothesis_texts), "CER"))
+        print(kaldi_sentence_summary(word_counts), flush=True)
+    except BrokenPipeError:  # `asr-wer ... | head -1`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     if args.details is not None:
         try:
