@@ -121,11 +121,15 @@ class AudioCache:
     """
 
     def __init__(self, cuts: lhotse.CutSet):
-        self.audio = {}
+        self.audio, self.sample_rate = {}, {}
         for cut in cuts:
-            audio = cut.recording.load_audio()
+            try:
+                audio = cut.recording.load_audio()
+            except Exception as error:  # left to SpeechDataset, which skips the cut and names the file
+                log.warning("not cached, cannot be read: %s (%s)", cut.recording.id, error)
+                continue
             self.audio[(cut.recording.id, 1.0)] = audio.mean(axis=0) if audio.ndim == 2 else audio
-        self.sample_rate = {cut.recording.id: cut.recording.sampling_rate for cut in cuts}
+            self.sample_rate[cut.recording.id] = cut.recording.sampling_rate
 
     def _clip(self, cut) -> np.ndarray | None:
         recording = getattr(cut, "recording", None)

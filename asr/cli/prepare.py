@@ -1,6 +1,7 @@
 """`asr-prepare CORPUS`: write the lhotse manifests a recipe trains and scores on.
 
 asr-prepare digits --out exp/digits/data [--fsdd-dir DIR]
+asr-prepare kathleen --out exp/kathleen/data [--kathleen-dir DIR]   (downloads without a folder)
 """
 
 import argparse
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from asr.corpora.fsdd import prepare_digits
+from asr.corpora.kathleen import prepare_kathleen
 
 # The repository's vendored copy; FSDD_DIR or --fsdd-dir points at an upstream checkout instead.
 VENDORED_FSDD = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "fsdd"
@@ -38,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="long strings of 20-40 digits (takes 2-4), longer than any training string",
     )
     digits.add_argument("--seed", type=int, default=20261125)
+    kathleen = corpora.add_parser(
+        "kathleen",
+        help="Kathleen read sentences (CMU ARCTIC prompts, one speaker)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    kathleen.add_argument(
+        "--kathleen-dir",
+        default=os.environ.get("KATHLEEN_DIR"),
+        help="an upstream checkout (arctic_*.wav + .txt) or a converted copy (transcripts.tsv + audio/); "
+        "$KATHLEEN_DIR by default; neither downloads rhasspy/dataset-voice-cathy into --out",
+    )
+    kathleen.add_argument("--out", required=True, help="output folder for the manifests")
     return parser
 
 
@@ -49,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = prepare_digits(
                 args.fsdd_dir, args.out, args.num_dev, args.num_test, args.num_long, args.seed
             )
+        else:
+            paths = prepare_kathleen(args.kathleen_dir, args.out)
     except (FileNotFoundError, OSError, ValueError) as error:
         print(f"asr-prepare: error: {error}", file=sys.stderr)
         return 2

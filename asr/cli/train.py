@@ -24,21 +24,33 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from asr import distributed
-from asr.checkpoint import CheckpointError, check_writable
+from asr.checkpoint import CheckpointError, check_writable, load_checkpoint
 from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
 from asr.model import LAS, ModelConfig
-from asr.tokenizer import CharTokenizer
+from asr.sentencepiece_tokenizer import SentencePieceTokenizer
+from asr.tokenizer import CharTokenizer, tokenizer_from_dict
 from asr.train import OptimizerOptions, Stopped, TrainerOptions, TrainingError, fit
 
 log = logging.getLogger("asr.train")
 
 
-def build_tokenizer(type: str, texts: list[str]):
+def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 500, model_type: str = "bpe"):
+    """Characters, or sentencepiece pieces trained on `texts` (`vocab_size`, `model_type` bpe | unigram)."""
     if type == "char":
         return CharTokenizer.build(texts)
-    raise ValueError(f"unknown tokenizer type {type!r}")
+    if type == "sentencepiece":
+        return SentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type)
+    raise ValueError(f"unknown tokenizer type {type!r}; expected 'char' or 'sentencepiece'")
+
+
+def resumed_tokenizer(config: DictConfig):
+    """The tokenizer of the run being resumed (None when starting afresh): never rebuilt, never different."""
+    last = Path(config.exp_dir) / "last.pt"
+    if not (config.trainer.resume and last.exists()):
+        return None
+    return tokenizer_from_dict(load_checkpoint(last)["tokenizer"])
 
 
 def build_model(model_config: DictConfig, vocab_size: int) -> LAS:
@@ -58,7 +70,7 @@ def run(config: DictConfig) -> dict:
         except (OSError, ValueError) as error:  # a missing or unreadable manifest, text that is not UTF-8
             manifests = [str(v) for k, v in config.data.corpus.items() if k.endswith(("_cuts", "_clips"))]
             raise TrainingError(f"cannot read the training data ({', '.join(manifests)}): {error}") from error
-        tokenizer = build_tokenizer(config.tokenizer.type, corpus.texts())
+        tokenizer = resumed_tokenizer(config) or build_tokenizer(corpus.texts(), **config.tokenizer)
         model = build_model(config.model, tokenizer.vocab_size)
         trainer = {k: v for k, v in config.trainer.items() if k != "num_threads"}
         optimizer = OmegaConf.to_container(config.optimizer)

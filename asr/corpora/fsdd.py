@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+from lhotse import CutSet
 
-from asr.corpora.manifest import load_cuts
+from asr.corpora.manifest import load_cuts, whole_recording_cut
 from asr.data import AudioCache
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -56,22 +56,6 @@ def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
         cut.custom = {"speaker": speaker, "take": int(index)}
         cuts.append(cut)
     return CutSet.from_cuts(cuts)
-
-
-def whole_recording_cut(path: Path, cut_id: str, text: str, speaker: str | None = None) -> MonoCut:
-    """A cut over a whole audio file (absolute path, so manifests work from any folder) with its text."""
-    recording = Recording.from_file(path.resolve(), recording_id=cut_id)
-    supervision = SupervisionSegment(
-        id=cut_id, recording_id=cut_id, start=0.0, duration=recording.duration, text=text, speaker=speaker
-    )
-    return MonoCut(
-        id=cut_id,
-        start=0.0,
-        duration=recording.duration,
-        channel=0,
-        recording=recording,
-        supervisions=[supervision],
-    )
 
 
 def split_clips(clips: CutSet) -> tuple[CutSet, CutSet]:
