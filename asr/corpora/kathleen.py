@@ -51,7 +51,7 @@ def split_of(prompt_id: str) -> str:
 
 
 def read_transcripts(folder: Path) -> list[dict]:
-    """The rows of a converted folder's transcripts.tsv, checked: every audio file exists, no text is empty."""
+    """The rows of a converted folder's transcripts.tsv, checked: audio files exist, texts are not empty."""
     path = folder / "transcripts.tsv"
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file, delimiter="\t")
@@ -116,9 +116,11 @@ def download(out_dir: Path, url: str = UPSTREAM_URL) -> Path:
     archive = out_dir / "dataset-voice-cathy.tar.gz"
     if not archive.is_file():
         log.info("downloading %s", url)
-        with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".part", delete=False) as partial:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, partial)
+        with (
+            tempfile.NamedTemporaryFile(dir=out_dir, suffix=".part", delete=False) as partial,
+            urllib.request.urlopen(url, timeout=60) as response,
+        ):
+            shutil.copyfileobj(response, partial)
         os.replace(partial.name, archive)
     unpacked = out_dir / "unpacked"
     with tarfile.open(archive) as tar:

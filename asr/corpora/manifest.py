@@ -1,7 +1,6 @@
 """A corpus given as lhotse cut manifests (Kathleen, LibriSpeech, or any user's data)."""
 
 import random
-
 from pathlib import Path
 
 import lhotse
@@ -67,7 +66,8 @@ class ManifestCorpus:
         rng = random.Random(self.seed * 1_000_003 + epoch)
         factors = [rng.choice(self.speed_factors) for _ in range(len(self._cuts))]
         return CutSet.from_cuts(
-            cut if factor == 1.0 else cut.perturb_speed(factor) for cut, factor in zip(self._cuts, factors)
+            cut if factor == 1.0 else cut.perturb_speed(factor)
+            for cut, factor in zip(self._cuts, factors, strict=True)
         )
 
     def dev_cuts(self) -> CutSet:
