@@ -103,8 +103,11 @@ def decode_dataset(
     device: torch.device | str = "cpu",
     on_error: Callable[[str], None],
     progress: bool | None = None,
+    language_model=None,
 ) -> tuple[list[list[Hypothesis | None]], Report]:
     """Decode every utterance (in duration-sorted batches) and keep the best hypotheses.
+
+    `language_model` (with `options.lm_weight`) is fused into the search, as in asr-transcribe.
 
     Returns
     -------
@@ -123,7 +126,7 @@ def decode_dataset(
         for batch in make_batches(pieces, batch_size, max_batch_seconds):
             loaded, waves, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
             if loaded:
-                found = decode(model, waves.to(device), wave_lens.to(device), options)
+                found = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
                 for piece, hypothesis in zip(loaded, found, strict=True):
                     hypothesis.attention = hypothesis.attention.float().cpu()
                     hypotheses[piece.utterance][piece.index] = hypothesis

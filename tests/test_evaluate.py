@@ -260,3 +260,31 @@ def test_installed_command_runs_from_any_folder(tmp_path, checkpoint, corpus):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_a_language_model_is_fused_and_recorded(tmp_path, capsys, checkpoint, corpus):
+    from asr.checkpoint import load_checkpoint
+    from asr.lm import LanguageModelConfig, LSTMLanguageModel, language_model_state
+    from asr.tokenizer import tokenizer_from_dict
+
+    folder, ref = corpus
+    tokenizer = tokenizer_from_dict(load_checkpoint(checkpoint)["tokenizer"])
+    torch.manual_seed(1)
+    lm = LSTMLanguageModel(LanguageModelConfig(tokenizer.vocab_size, embedding_dim=8, hidden_dim=16))
+    save_checkpoint(language_model_state(lm, tokenizer), tmp_path / "lm.pt")
+    inputs = [folder / "audio" / "string3.wav", "--ref", ref]
+    args = ["--model", checkpoint, *FAST, *inputs]
+    assert main([str(a) for a in [*args, "--out", tmp_path / "plain"]]) == 0
+    lm_args = [*args, "--out", tmp_path / "fused", "--lm", tmp_path / "lm.pt", "--lm-weight", "2.0"]
+    assert main([str(a) for a in lm_args]) == 0
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    fused = json.loads((tmp_path / "fused" / "summary.json").read_text())
+    assert plain["settings"]["decoding"]["lm_weight"] == 0.0
+    assert fused["settings"]["decoding"]["lm_weight"] == 2.0
+    # a heavily weighted random LM changes what the random acoustic model writes
+    assert (tmp_path / "plain" / "hypotheses.txt").read_text() != (
+        tmp_path / "fused" / "hypotheses.txt"
+    ).read_text()
+    capsys.readouterr()
+    status, out, err = _run(capsys, *args, "--out", tmp_path / "x", "--lm-weight", "0.5")
+    assert status == 2 and "--lm-weight needs --lm" in err

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from asr.checkpoint import CheckpointError, load_model
 
 # One device syntax for both commands: auto, cpu, cuda, cuda:N.
-from asr.cli.transcribe import _resolve_device, _UsageError
+from asr.cli.transcribe import DEFAULT_LM_WEIGHT, _load_language_model, _resolve_device, _UsageError
 from asr.decoding import DecodingOptions
 from asr.diagnostics import DEFINITIONS, FLAGS, STUCK_STEPS
 from asr.evaluation import (
@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight of CTC prefix scores, 0 to 1 (default: %(default)s)",
     )
+    add("--lm", default=None, metavar="CKPT", help="language model for shallow fusion (default: none)")
+    add(
+        "--lm-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help=f"shallow-fusion weight of the --lm scores (default: {DEFAULT_LM_WEIGHT} with --lm)",
+    )
     add(
         "--batch-size",
         type=int,
@@ -142,6 +150,7 @@ class _Setup:
     tokenizer: object
     options: DecodingOptions
     device: torch.device
+    language_model: object  # None without --lm
     utterances: list[Utterance]
     references: dict[str, str]  # utterance id -> reference text
     out_dir: Path
@@ -170,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch_seconds=args.max_batch_seconds,
         device=setup.device,
         on_error=report_error,
+        language_model=setup.language_model,
     )
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
     report = dataclasses.replace(report, num_failed=len(failures))
@@ -199,6 +209,7 @@ def _set_up(args: argparse.Namespace, report_error) -> _Setup:
         model, tokenizer = load_model(args.model, device)
     except CheckpointError as error:
         raise _UsageError(str(error)) from None
+    language_model = _load_language_model(args, model, tokenizer, device)
     utterances = collect_utterances(args.inputs, report_error)
     if not utterances:
         raise _UsageError(f"no audio found in {' '.join(args.inputs)}")
@@ -209,7 +220,7 @@ def _set_up(args: argparse.Namespace, report_error) -> _Setup:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise _UsageError(f"{out_dir}: cannot create the report folder ({error.strerror})") from None
-    return _Setup(model, tokenizer, options, device, utterances, references, out_dir)
+    return _Setup(model, tokenizer, options, device, language_model, utterances, references, out_dir)
 
 
 def _check_arguments(args: argparse.Namespace):
@@ -223,8 +234,11 @@ def _check_arguments(args: argparse.Namespace):
     # 0.04 s is four 10 ms energy frames: the least the segmenter can cut at a pause.
     if args.max_segment_seconds is not None and args.max_segment_seconds < 0.04:
         raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
+    if args.lm_weight is not None and args.lm is None:
+        raise _UsageError("--lm-weight needs --lm")
+    lm_weight = 0.0 if args.lm is None else DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
     try:
-        options = DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight)
+        options = DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight, lm_weight=lm_weight)
     except ValueError as error:  # DecodingOptions checks its own ranges
         raise _UsageError(str(error)) from None
     return options, _resolve_device(args.device)
