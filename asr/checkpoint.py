@@ -5,13 +5,18 @@ statistics inside the weights, feature settings inside the config), so `asr-tran
 no config files. Training checkpoints add the optimiser, scheduler, counters, sampler position and
 random states (`asr.train.training_state`), all as tensors and plain Python data, so that they too
 load with `weights_only=True`: a checkpoint from someone else cannot run code on this machine.
+
+Training may also keep the models of its last epochs (`epoch_<N>.pt`), which
+`average_model_states` turns into one model (`asr-average`).
 """
 
 import logging
 import math
 import os
 import random
+import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,6 +130,90 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"{path}: checkpoint does not match this version of the model: {error}"
         ) from error
     return model.to(device).eval(), tokenizer
+
+
+EPOCH_CHECKPOINT = re.compile(r"epoch_(\d+)\.pt")
+
+
+def epoch_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The `epoch_<N>.pt` files in `folder`, oldest first (by N: epoch_10 comes after epoch_9)."""
+    found = [p for p in Path(folder).glob("epoch_*.pt") if EPOCH_CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(EPOCH_CHECKPOINT.fullmatch(p.name).group(1)))
+
+
+def save_epoch_checkpoint(state: dict, folder: str | os.PathLike, epoch: int, keep: int) -> Path:
+    """Write `state` as `folder/epoch_<epoch>.pt` and keep only epochs epoch-keep+1 .. epoch.
+
+    Every other `epoch_*.pt` goes, later ones too: they can only be left from an earlier run in the
+    same folder, and averaging them with this run's would mix two models.
+    """
+    path = Path(folder) / f"epoch_{epoch}.pt"
+    save_checkpoint(state, path)
+    for old in epoch_checkpoints(folder):
+        if not epoch - keep < int(EPOCH_CHECKPOINT.fullmatch(old.name).group(1)) <= epoch:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _model_parts(state: dict, path) -> tuple[dict, dict, dict]:
+    """(model config, tokenizer, weights) of a loaded checkpoint; refuses one without them."""
+    try:
+        parts = state["model_config"], state["tokenizer"], state["model"]
+    except KeyError as error:
+        raise CheckpointError(f"{path}: not a model checkpoint (no {error.args[0]!r})") from None
+    if not all(isinstance(part, dict) for part in parts):
+        raise CheckpointError(
+            f"{path}: not a model checkpoint (model_config, tokenizer, model are not dicts)"
+        )
+    return parts
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    """The first config key whose values differ, as `encoder.hidden_dim=256, not 512` (b's, then a's)."""
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            if left != right:
+                return _first_difference(left, right, f"{prefix}{key}.")
+        elif left != right:
+            return f"{prefix}{key}={right!r}, not {left!r}"
+    return ""
+
+
+def average_model_states(paths: Sequence[str | os.PathLike]) -> dict:
+    """One model checkpoint whose weights are the elementwise mean of the weights in `paths`.
+
+    Averaging the last epochs of a run smooths the noise of the final updates (a common last step
+    in ESPnet and icefall recipes). Floating tensors are averaged (summed in float64, then cast
+    back); other tensors, such as integer counters, are taken from the last checkpoint, and so are
+    the keys beside the weights (`max_utterance_seconds`, ...). Checkpoints of different models or
+    tokenizers cannot be averaged: CheckpointError names the file that differs from the first.
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    first_config, first_tokenizer, first_weights = _model_parts(load_checkpoint(paths[0]), paths[0])
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in first_weights.items()}
+    state = {}
+    for path in paths[1:]:
+        state = load_checkpoint(path)
+        config, tokenizer, weights = _model_parts(state, path)
+        if config != first_config:
+            raise CheckpointError(
+                f"{path}: model config differs from {paths[0]}: {_first_difference(first_config, config)}"
+            )
+        if tokenizer != first_tokenizer:
+            raise CheckpointError(f"{path}: tokenizer differs from {paths[0]}'s")
+        if weights.keys() != sums.keys() or any(weights[k].shape != sums[k].shape for k in sums):
+            raise CheckpointError(f"{path}: weights do not have the names and shapes of {paths[0]}'s")
+        for name, tensor in weights.items():
+            sums[name] = sums[name] + tensor.double() if tensor.is_floating_point() else tensor
+    state = state or load_checkpoint(paths[0])
+    averaged = {
+        name: (total / len(paths)).to(first_weights[name].dtype) if total.is_floating_point() else total
+        for name, total in sums.items()
+    }
+    kept = {k: v for k, v in state.items() if k not in ("model", "dev")}  # dev: one epoch's scores
+    return {**kept, "model": averaged, "averaged_from": [str(p) for p in paths]}
 
 
 def random_states() -> dict:

@@ -36,6 +36,7 @@ from asr.checkpoint import (
     new_epoch_totals,
     random_states,
     save_checkpoint,
+    save_epoch_checkpoint,
     training_state,
 )
 from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
@@ -72,6 +73,7 @@ class TrainerOptions:
     log_every: int = 50  # steps between console/TensorBoard loss lines
     stats_batches: int = 30  # training batches that estimate the feature normalisation statistics
     max_nonfinite_steps: int = 20  # abort after this many non-finite losses or gradients in a row
+    keep_epoch_checkpoints: int = 0  # models of the last this many epochs, epoch_<N>.pt, for asr-average
 
 
 @dataclass(frozen=True)
@@ -421,6 +423,11 @@ def fit(
                     check_finite(model, exp_dir / "best.pt")
                     best = {**model_state(model, tokenizer), **extra, "dev": progress.best}
                     save_checkpoint(best, exp_dir / "best.pt")
+            if options.keep_epoch_checkpoints and process.is_main:  # what asr-average averages
+                check_finite(model, exp_dir / f"epoch_{epoch}.pt")
+                scores = {"wer": dev["wer"], "loss": dev["loss"], "epoch": epoch}
+                state = {**model_state(model, tokenizer), **extra, "dev": scores}
+                save_epoch_checkpoint(state, exp_dir, epoch, options.keep_epoch_checkpoints)
             progress.epoch, progress.batches_done, progress.totals = epoch + 1, 0, new_epoch_totals()
             save_last()
     if run.writer is not None:
