@@ -2,6 +2,7 @@
 
 asr-prepare digits --out exp/digits/data [--fsdd-dir DIR]
 asr-prepare kathleen --out exp/kathleen/data [--kathleen-dir DIR]   (downloads without a folder)
+asr-prepare librispeech --out exp/librispeech/data [--librispeech-dir DIR] [--subset train-clean-100]
 """
 
 import argparse
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from asr.corpora.fsdd import prepare_digits
 from asr.corpora.kathleen import prepare_kathleen
+from asr.corpora.librispeech import SUBSETS, prepare_librispeech
 
 # The repository's vendored copy; FSDD_DIR or --fsdd-dir points at an upstream checkout instead.
 VENDORED_FSDD = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "fsdd"
@@ -52,6 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         "$KATHLEEN_DIR by default; neither downloads rhasspy/dataset-voice-cathy into --out",
     )
     kathleen.add_argument("--out", required=True, help="output folder for the manifests")
+    librispeech = corpora.add_parser(
+        "librispeech",
+        help="LibriSpeech read audiobooks, through lhotse's recipe",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    librispeech.add_argument(
+        "--librispeech-dir",
+        default=os.environ.get("LIBRISPEECH_DIR"),
+        help="an existing copy (the LibriSpeech/ folder holding train-clean-100/, dev-clean/, ..., or its "
+        "parent); $LIBRISPEECH_DIR by default; neither downloads the parts from openslr.org into --out",
+    )
+    librispeech.add_argument(
+        "--subset",
+        choices=list(SUBSETS),
+        default="train-clean-100",
+        help="training data: mini_librispeech (5 h), train-clean-100, or librispeech (all 960 h)",
+    )
+    librispeech.add_argument("--num-jobs", type=int, default=4, help="threads reading audio headers")
+    librispeech.add_argument("--out", required=True, help="output folder for the manifests")
     return parser
 
 
@@ -63,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             paths = prepare_digits(
                 args.fsdd_dir, args.out, args.num_dev, args.num_test, args.num_long, args.seed
             )
-        else:
+        elif args.corpus == "kathleen":
             paths = prepare_kathleen(args.kathleen_dir, args.out)
+        else:
+            paths = prepare_librispeech(args.librispeech_dir, args.out, args.subset, args.num_jobs)
     except (FileNotFoundError, OSError, ValueError) as error:
         print(f"asr-prepare: error: {error}", file=sys.stderr)
         return 2
