@@ -185,9 +185,11 @@ def average_model_states(paths: Sequence[str | os.PathLike]) -> dict:
 
     Averaging the last epochs of a run smooths the noise of the final updates (a common last step
     in ESPnet and icefall recipes). Floating tensors are averaged (summed in float64, then cast
-    back); other tensors, such as integer counters, are taken from the last checkpoint, and so are
-    the keys beside the weights (`max_utterance_seconds`, ...). Checkpoints of different models or
-    tokenizers cannot be averaged: CheckpointError names the file that differs from the first.
+    back); other tensors, such as integer counters, are taken from the last checkpoint, and so is
+    `max_utterance_seconds` (asr-transcribe's segment length). The result is a model checkpoint
+    even when `paths` are training checkpoints (last.pt): no optimiser state travels with it.
+    Checkpoints of different models or tokenizers cannot be averaged: CheckpointError names the
+    file that differs from the first.
     """
     if not paths:
         raise CheckpointError("no checkpoints to average")
@@ -212,7 +214,9 @@ def average_model_states(paths: Sequence[str | os.PathLike]) -> dict:
         name: (total / len(paths)).to(first_weights[name].dtype) if total.is_floating_point() else total
         for name, total in sums.items()
     }
-    kept = {k: v for k, v in state.items() if k not in ("model", "dev")}  # dev: one epoch's scores
+    kept = {
+        k: state[k] for k in ("format", "model_config", "tokenizer", "max_utterance_seconds") if k in state
+    }
     return {**kept, "model": averaged, "averaged_from": [str(p) for p in paths]}
 
 

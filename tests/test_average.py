@@ -33,7 +33,7 @@ def write_model(path, seed: int, config=None, tokenizer=TOKENIZER, **extra):
 
 def test_the_average_of_two_checkpoints_is_their_elementwise_mean(tmp_path, capsys):
     first = write_model(tmp_path / "a.pt", seed=1, max_utterance_seconds=3.0)
-    second = write_model(tmp_path / "b.pt", seed=2, max_utterance_seconds=4.0)
+    second = write_model(tmp_path / "b.pt", seed=2, max_utterance_seconds=4.0, optimizer={}, dev={})
     counter = "decoder.counter"  # an integer buffer, as BatchNorm's num_batches_tracked is
     for path, value in ((tmp_path / "a.pt", 7), (tmp_path / "b.pt", 9)):
         state = torch.load(path, weights_only=True)
@@ -48,6 +48,7 @@ def test_the_average_of_two_checkpoints_is_their_elementwise_mean(tmp_path, caps
         torch.testing.assert_close(averaged["model"][name], expected.to(tensor.dtype), rtol=0, atol=1e-7)
     assert torch.equal(averaged["model"][counter], torch.tensor(9))  # from the last, not averaged
     assert averaged["max_utterance_seconds"] == 4.0  # training metadata of the last
+    assert "optimizer" not in averaged and "dev" not in averaged
     averaged["model"].pop(counter)
     save_checkpoint(averaged, out)
     model, tokenizer = load_model(out)  # what asr-transcribe does
