@@ -38,8 +38,8 @@ from asr.features import FeatureConfig, SpecAugmentConfig  # noqa: E402
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig  # noqa: E402
 
 
-def contract_model(cfg) -> LAS:
-    """Our LAS at the contract's sizes (contract.md section 2)."""
+def contract_model(cfg, input_feeding: bool = True) -> LAS:
+    """Our LAS at the contract's sizes (contract.md section 2); input_feeding=False is our fast variant."""
     torch.manual_seed(cfg["model_seed"])
     config = ModelConfig(
         vocab_size=cfg["vocab"],  # 0 blank, 1..V-2 units, V-1 sos/eos: the contract's layout
@@ -65,6 +65,7 @@ def contract_model(cfg) -> LAS:
             hidden_dim=cfg["dec_hidden"],
             num_layers=cfg["dec_layers"],
             dropout=0.0,
+            input_feeding=input_feeding,
         ),
         ctc_weight=cfg["ctc_weight"],
         label_smoothing=0.0,

@@ -5,6 +5,10 @@ All three share one stateless interface, so the decoder and the search never kno
     keys = attention.prepare(memory)                       # once per utterance
     context, weights = attention(query, keys, memory, mask, previous_weights)
 
+The teacher-forced decoder splits a call in two, so that it can project the queries of all steps
+together (`asr/model/recurrence.py`): `attention.query_projection` (an nn.Linear), then
+`attention.attend(projected_query, ...)`, which equals `forward` up to floating-point rounding.
+
 Anything that changes from step to step (the previous weights for location-awareness) is passed
 in and returned, never kept on the module (ESPnet's attention modules keep state between calls,
 which makes batched beam search error-prone).
@@ -46,6 +50,10 @@ class Attention(nn.Module):
         """
         raise NotImplementedError
 
+    def attend(self, projected_query, keys, memory, mask, previous_weights):
+        """`forward` after the query projection: projected_query (B, attention_dim) -> context, weights."""
+        raise NotImplementedError
+
 
 class DotProductAttention(Attention):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, with Q = W_q s, K = W_k h, V = h.
@@ -76,8 +84,11 @@ class DotProductAttention(Attention):
         return keys
 
     def forward(self, query, keys, memory, mask, previous_weights):
+        return self.attend(self.query_projection(query), keys, memory, mask, previous_weights)
+
+    def attend(self, projected_query, keys, memory, mask, previous_weights):
         if self.num_heads == 1:
-            q = self.query_projection(query)  # (B, A)
+            q = projected_query  # (B, A)
             scores = torch.einsum("ba,bta->bt", q, keys) / math.sqrt(q.shape[-1])
             weights = masked_softmax(scores, mask)
             return torch.einsum("bt,bte->be", weights, memory), weights
@@ -85,7 +96,7 @@ class DotProductAttention(Attention):
         heads = self.num_heads
         attention_dim = self.query_projection.out_features
         # (B, A) -> (B, heads, A/heads); keys (B, T, A + E) -> per-head keys and values
-        q = self.query_projection(query).view(batch, heads, -1)
+        q = projected_query.view(batch, heads, -1)
         k = keys[..., :attention_dim].view(batch, frames, heads, -1)
         v = keys[..., attention_dim:].view(batch, frames, heads, -1)
         scores = torch.einsum("bha,btha->bht", q, k) / math.sqrt(q.shape[-1])
@@ -110,7 +121,14 @@ class AdditiveAttention(Attention):
         return keys + self.query_projection(query)[:, None, :]  # (B, T, A)
 
     def forward(self, query, keys, memory, mask, previous_weights):
-        scores = self.score(torch.tanh(self.energies(query, keys, previous_weights))).squeeze(-1)  # (B, T)
+        return self.weigh(self.energies(query, keys, previous_weights), memory, mask)
+
+    def attend(self, projected_query, keys, memory, mask, previous_weights):
+        return self.weigh(keys + projected_query[:, None, :], memory, mask)
+
+    def weigh(self, energies, memory, mask):
+        """energies (B, T, A) -> context (B, E) and weights (B, T)."""
+        scores = self.score(torch.tanh(energies)).squeeze(-1)  # (B, T)
         weights = masked_softmax(scores, mask)
         return torch.einsum("bt,bte->be", weights, memory), weights
 
@@ -132,6 +150,17 @@ class LocationAwareAttention(AdditiveAttention):
     def energies(self, query, keys, previous_weights):
         location = self.location_conv(previous_weights[:, None, :]).transpose(1, 2)  # (B, T, channels)
         return super().energies(query, keys, previous_weights) + self.location_projection(location)
+
+    def attend(self, projected_query, keys, memory, mask, previous_weights):
+        # The convolution as a product with each frame's window of K previous weights (zero beyond
+        # the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a tiny conv.
+        channels, _, width = self.location_conv.weight.shape
+        windows = nn.functional.pad(previous_weights, (width // 2, width // 2)).unfold(
+            1, width, 1
+        )  # (B, T, K)
+        location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B, T, channels)
+        energies = keys + projected_query[:, None, :] + self.location_projection(location)
+        return self.weigh(energies, memory, mask)
 
 
 def build_attention(config: AttentionConfig, query_dim: int, memory_dim: int) -> Attention:

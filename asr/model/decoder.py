@@ -6,6 +6,15 @@
 
 `forward` is teacher forcing over a whole batch of targets; `step` decodes one token with an
 explicit state, so greedy and beam search reuse exactly the same computation.
+
+`forward` computes what a loop of `step` computes (to floating-point rounding; the test is
+`tests/test_speed_paths.py`) but does little per step: the embeddings' share of the first cell's
+gates and the output layer are one GEMM each for all steps, and the weight gradients of the
+per-step GEMMs are one GEMM each after the loop (`asr/model/recurrence.py`; issue 7).
+
+With `input_feeding: false` the RNN reads only the embeddings (s_i = RNN(embed(y_{i-1}), s_{i-1}),
+attention on top, as Luong et al. 2015): a different, opt-in model whose teacher-forced RNN runs as
+one fused nn.LSTM/nn.GRU call over all steps.
 """
 
 from dataclasses import dataclass
@@ -15,6 +24,7 @@ import torch
 from torch import nn
 
 from asr.model.attention import Attention
+from asr.model.recurrence import LoopLinear, loop_cell, run_cells
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,7 @@ class DecoderConfig:
     hidden_dim: int = 256
     num_layers: int = 1
     dropout: float = 0.0  # on the embeddings, between layers and before the output layer
+    input_feeding: bool = True  # feed the last context into the RNN; false: attention on top only (faster)
 
 
 class DecoderState(NamedTuple):
@@ -51,7 +62,8 @@ class AttentionDecoder(nn.Module):
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, config.embedding_dim)
         cell_class = nn.LSTMCell if config.cell == "lstm" else nn.GRUCell
-        input_dims = [config.embedding_dim + memory_dim] + [config.hidden_dim] * (config.num_layers - 1)
+        first_dim = config.embedding_dim + (memory_dim if config.input_feeding else 0)
+        input_dims = [first_dim] + [config.hidden_dim] * (config.num_layers - 1)
         self.cells = nn.ModuleList(cell_class(dim, config.hidden_dim) for dim in input_dims)
         self.attention = attention
         self.dropout = nn.Dropout(config.dropout)
@@ -70,7 +82,7 @@ class AttentionDecoder(nn.Module):
         )
 
     def _advance(self, embedded, state: DecoderState, keys, memory, mask):
-        x = torch.cat([embedded, state.context], dim=-1)
+        x = torch.cat([embedded, state.context], dim=-1) if self.config.input_feeding else embedded
         hidden, cell = [], []
         for layer, rnn in enumerate(self.cells):
             if self.config.cell == "lstm":
@@ -101,10 +113,68 @@ class AttentionDecoder(nn.Module):
         mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < memory_lens[:, None]
         keys = self.attention.prepare(memory)
         state = self.initial_state(memory, memory_lens)
-        embedded = self.dropout(self.embedding(tokens_in))  # all steps in one call
+        embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D): all steps in one call, time first
+        if self.config.input_feeding:
+            hidden, contexts, weights = self._input_feeding_loop(embedded, state, keys, memory, mask)
+        else:
+            states = self._layer_states(state)
+            hidden = run_cells(self.cells, embedded, states, self.config.dropout, self.training)
+            contexts, weights = self._attention_loop(hidden, state.weights, keys, memory, mask)
+        # the output layer for all steps in one GEMM: (U, B, H + E) -> (B, U, V)
+        logits = self.output(self.dropout(torch.cat([hidden, contexts], dim=-1)))
+        return logits.transpose(0, 1), weights.transpose(0, 1)
+
+    def forward_by_steps(self, tokens_in: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
+        """Teacher forcing as a plain loop of `step`: the reference that `forward` equals (see tests)."""
+        mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < memory_lens[:, None]
+        keys = self.attention.prepare(memory)
+        state = self.initial_state(memory, memory_lens)
+        embedded = self.dropout(self.embedding(tokens_in))
         all_logits, all_weights = [], []
         for i in range(tokens_in.shape[1]):
             logits, state = self._advance(embedded[:, i], state, keys, memory, mask)
             all_logits.append(logits)
             all_weights.append(state.weights)
         return torch.stack(all_logits, dim=1), torch.stack(all_weights, dim=1)
+
+    def _layer_states(self, state: DecoderState) -> list[tuple[torch.Tensor, ...]]:
+        """Per layer (h, c) for LSTM cells, (h,) for GRU cells."""
+        return (
+            list(zip(state.hidden, state.cell, strict=True)) if state.cell else [(h,) for h in state.hidden]
+        )
+
+    def _input_feeding_loop(self, embedded, state: DecoderState, keys, memory, mask):
+        """embedded (U, B, D) -> hidden (U, B, H), contexts (U, B, E), weights (U, B, T), as `step` does."""
+        steps, batch = embedded.shape[:2]
+        cells = [
+            loop_cell(cell, embedded if layer == 0 else None, steps, batch)
+            for layer, cell in enumerate(self.cells)
+        ]
+        query = LoopLinear.from_linear(self.attention.query_projection, steps, batch)
+        states, context, weights = self._layer_states(state), state.context, state.weights
+        all_hidden, all_contexts, all_weights = [], [], []
+        for i in range(steps):
+            x = context  # input feeding: [embed(y_{i-1}), c_{i-1}], the embedding part already projected
+            for layer, cell in enumerate(cells):
+                states[layer] = cell(i, x, states[layer])
+                x = self.dropout(states[layer][0])
+            hidden = states[-1][0]
+            context, weights = self.attention.attend(query(i, hidden), keys, memory, mask, weights)
+            all_hidden.append(hidden)
+            all_contexts.append(context)
+            all_weights.append(weights)
+        return torch.stack(all_hidden), torch.stack(all_contexts), torch.stack(all_weights)
+
+    def _attention_loop(self, hidden, initial_weights, keys, memory, mask):
+        """Without input feeding: hidden (U, B, H) -> contexts (U, B, E), weights (U, B, T).
+
+        The queries are known for all steps, so they are projected in one GEMM; steps still run in
+        order, because location-aware attention reads the previous weights.
+        """
+        queries = self.attention.query_projection(hidden)  # all steps in one GEMM
+        weights, all_contexts, all_weights = initial_weights, [], []
+        for query in queries.unbind(0):
+            context, weights = self.attention.attend(query, keys, memory, mask, weights)
+            all_contexts.append(context)
+            all_weights.append(weights)
+        return torch.stack(all_contexts), torch.stack(all_weights)

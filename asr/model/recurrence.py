@@ -1,0 +1,158 @@
+"""Recurrent cells for the teacher-forced decoder loop, written so that each step does little work.
+
+Autograd through `nn.LSTMCell` at every step of a loop computes, for each weight matrix W, the
+product dL/dy_i^T x_i with the batch as its inner dimension and adds it into W's gradient: per step
+a (4H x B) x (B x D) GEMM that writes and then accumulates 4H x D values. `LoopLinear` computes
+y_i = x_i W^T with W detached inside the loop and gets dL/dW after the loop, as one
+(4H x U*B) x (U*B x D) GEMM over all U steps. The parts of the input that do not depend on the loop
+(the embeddings of the teacher-forced tokens) are projected for all steps in one GEMM before it,
+and each cell's input and recurrent projections are one GEMM per step ([x, h] against [W_ih | W_hh]).
+
+The cells compute what `nn.LSTMCell` and `nn.GRUCell` compute, up to floating-point rounding
+(`tests/test_speed_paths.py`), and read those modules' own parameters.
+"""
+
+import torch
+from torch import nn
+
+
+class _DeferredWeightGradient(torch.autograd.Function):
+    """offsets -> a copy of offsets; backward also returns dL/dW = sum_i dL/dy_i^T x_i in one GEMM.
+
+    `inputs` is the list of per-step inputs x_i (B, D), filled by the loop after this node is
+    created; autograd runs this backward after every step's, when the list is complete.
+    """
+
+    @staticmethod
+    def forward(ctx, offsets, weight, inputs):
+        ctx.inputs, ctx.weight_dtype = inputs, weight.dtype
+        return offsets.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        steps = len(ctx.inputs)
+        if steps != grad.shape[0]:
+            raise RuntimeError(f"LoopLinear was called for {steps} of {grad.shape[0]} steps")
+        # (U, B, out) x (U, B, in) -> (out, in): the sum over steps and batch is one GEMM
+        inputs = torch.stack(ctx.inputs).flatten(0, 1).to(grad.dtype)
+        weight_grad = grad.flatten(0, 1).t().mm(inputs)
+        return grad, weight_grad.to(ctx.weight_dtype), None
+
+
+class LoopLinear:
+    """y_i = offsets_i + x_i W^T at step i of a loop, with dL/dW computed once after the loop.
+
+    weight : (out, in); offsets : (U, B, out), the part of y_i known before the loop (biases,
+    projections of inputs that do not depend on it).
+    """
+
+    def __init__(self, weight: torch.Tensor, offsets: torch.Tensor):
+        self.weight_t = weight.detach().t()
+        self.inputs: list[torch.Tensor] | None = None
+        if torch.is_grad_enabled() and weight.requires_grad:
+            self.inputs = []
+            offsets = _DeferredWeightGradient.apply(offsets, weight, self.inputs)
+        self.offsets = offsets.unbind(0)  # one backward node for all steps, not one per index
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, steps: int, batch: int) -> "LoopLinear":
+        bias = linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+        return cls(linear.weight, bias.expand(steps, batch, -1))
+
+    def __call__(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """x : (B, in), the input of step `step` (steps must come in order) -> (B, out)."""
+        if self.inputs is not None:
+            if len(self.inputs) != step:
+                raise RuntimeError(f"LoopLinear expected step {len(self.inputs)}, got {step}")
+            self.inputs.append(x.detach())
+        return torch.addmm(self.offsets[step], x, self.weight_t)
+
+
+def lstm_pointwise(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.LSTMCell's nonlinearities. gates : (B, 4H) in PyTorch's order i, f, g, o; cell : (B, H)."""
+    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
+    cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
+    return torch.sigmoid(output_gate) * torch.tanh(cell), cell
+
+
+def gru_pointwise(
+    input_gates: torch.Tensor, hidden_gates: torch.Tensor, hidden: torch.Tensor
+) -> torch.Tensor:
+    """nn.GRUCell's nonlinearities. gates : (B, 3H) in PyTorch's order r, z, n; hidden : (B, H)."""
+    input_reset, input_update, input_new = input_gates.chunk(3, dim=1)
+    hidden_reset, hidden_update, hidden_new = hidden_gates.chunk(3, dim=1)
+    reset = torch.sigmoid(input_reset + hidden_reset)
+    update = torch.sigmoid(input_update + hidden_update)
+    new = torch.tanh(input_new + reset * hidden_new)
+    return new + update * (hidden - new)  # = (1 - z) n + z h
+
+
+def _known_projection(weight, bias, known: torch.Tensor | None, steps: int, batch: int):
+    """(U, B, out): bias plus the known inputs' share of the projection, for all steps in one GEMM."""
+    if known is None:
+        return bias.expand(steps, batch, -1)
+    projected = torch.addmm(bias, known.flatten(0, 1), weight[:, : known.shape[-1]].t())
+    return projected.view(steps, batch, -1)
+
+
+class LoopLSTMCell:
+    """An nn.LSTMCell whose input at step i is [known_i, x_i]: known (U, B, D0) for all steps at once."""
+
+    def __init__(self, cell: nn.LSTMCell, known: torch.Tensor | None, steps: int, batch: int):
+        known_dim = 0 if known is None else known.shape[-1]
+        offsets = _known_projection(cell.weight_ih, cell.bias_ih + cell.bias_hh, known, steps, batch)
+        # [x, h] against [W_ih's columns for x | W_hh]: input and recurrent projections in one GEMM
+        weight = torch.cat([cell.weight_ih[:, known_dim:], cell.weight_hh], dim=1)
+        self.gates = LoopLinear(weight, offsets)
+
+    def __call__(
+        self, step: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        """x : (B, D - D0); state : (h, c) -> (h, c)."""
+        hidden, cell = state
+        return lstm_pointwise(self.gates(step, torch.cat([x, hidden], dim=1)), cell)
+
+
+class LoopGRUCell:
+    """An nn.GRUCell whose input at step i is [known_i, x_i] (the reset gate keeps W_hh h apart)."""
+
+    def __init__(self, cell: nn.GRUCell, known: torch.Tensor | None, steps: int, batch: int):
+        known_dim = 0 if known is None else known.shape[-1]
+        offsets = _known_projection(cell.weight_ih, cell.bias_ih, known, steps, batch)
+        self.input_gates = LoopLinear(cell.weight_ih[:, known_dim:], offsets)
+        self.hidden_gates = LoopLinear(cell.weight_hh, cell.bias_hh.expand(steps, batch, -1))
+
+    def __call__(
+        self, step: int, x: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, ...]:
+        """x : (B, D - D0); state : (h,) -> (h,)."""
+        (hidden,) = state
+        return (gru_pointwise(self.input_gates(step, x), self.hidden_gates(step, hidden), hidden),)
+
+
+def loop_cell(cell: nn.Module, known: torch.Tensor | None, steps: int, batch: int):
+    if isinstance(cell, nn.LSTMCell):
+        return LoopLSTMCell(cell, known, steps, batch)
+    if isinstance(cell, nn.GRUCell):
+        return LoopGRUCell(cell, known, steps, batch)
+    raise TypeError(f"no loop form for {type(cell).__name__}")
+
+
+def run_cells(cells: nn.ModuleList, inputs: torch.Tensor, states, dropout: float, training: bool):
+    """Step a stack of LSTM or GRU cells over a whole sequence in one fused nn.LSTM/nn.GRU call.
+
+    inputs : (U, B, D); states : per layer (h,) or (h, c), each (B, H) -> outputs (U, B, H).
+    Dropout (training only) is applied between layers, as nn.LSTM does, never after the last.
+    The call reads the cells' own parameters, so it computes what a loop over them computes.
+    """
+    weights = [p for cell in cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
+    hidden = torch.stack([state[0] for state in states])  # (layers, B, H)
+    if isinstance(cells[0], nn.LSTMCell):
+        cell = torch.stack([state[1] for state in states])
+        outputs, _, _ = torch._VF.lstm(
+            inputs, (hidden, cell), weights, True, len(cells), dropout, training, False, False
+        )
+    else:
+        outputs, _ = torch._VF.gru(inputs, hidden, weights, True, len(cells), dropout, training, False, False)
+    return outputs

@@ -1,0 +1,114 @@
+"""Training-step speed of our LAS on the benchmark contract: the step-by-step reference against the
+fast paths, interleaved in one process so that the ratios hold on a shared machine.
+
+    .venv/bin/python benchmarks/train_step.py                         # 5 rounds x 5 steps per variant
+    .venv/bin/python benchmarks/train_step.py --rounds 3 --variants reference fast --profile fast
+
+Variants (each its own model, built from the same seed, with its own Adam):
+  reference       the decoder as a plain loop of `step` (`forward_by_steps`): teacher forcing before issue 7
+  fast            the default model's teacher-forced path (`forward`): the same function, fewer ops per step
+  no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
+  fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
+
+The contract is `../shared/bench/contract.md` (16 x 300 x 80 features, 40-token targets, 12M parameters);
+the model is built by `peer_team.contract_model`. Prints one line per round, a table of medians and the
+ratio of each variant's utterances/s to the reference's, and `RESULT {json}`.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peer_team  # noqa: E402  (finds the shared harness; contract_model)
+import torch  # noqa: E402
+
+VARIANTS = ("reference", "fast", "no_feeding", "fast_bf16", "no_feeding_bf16")
+
+
+def build(name: str, cfg: dict, batch):
+    """A training step for one variant: () -> loss."""
+    input_feeding = not name.startswith("no_feeding")
+    model = peer_team.contract_model(cfg, input_feeding=input_feeding).train()
+    if name == "reference":
+        model.decoder.forward = model.decoder.forward_by_steps
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    bf16 = name.endswith("_bf16")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss_from_features(*batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--profile", choices=VARIANTS, help="after timing, profile one step of this variant")
+    args = parser.parse_args()
+    common = peer_team.common
+    torch.set_num_threads(args.threads)
+    cfg = dict(common.CONTRACT)
+    batch = common.make_batch(cfg)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {common.cpu_name()}")
+    print(f"contract batch: {common.batch_checksum(batch)}")
+    steps = {name: build(name, cfg, batch) for name in args.variants}
+    for name, step in steps.items():
+        losses = [step() for _ in range(args.warmup)]
+        print(f"  {name}: warm-up losses {', '.join(f'{loss:.4f}' for loss in losses)}")
+    times = {name: [] for name in steps}
+    for round_index in range(args.rounds):
+        with common.BgMonitor() as monitor:
+            for name, step in steps.items():
+                for _ in range(args.steps):
+                    start = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - start)
+        medians = "  ".join(f"{name} {statistics.median(t[-args.steps :]):.3f}" for name, t in times.items())
+        print(f"round {round_index + 1}: s/step {medians}  (other processes: {monitor.cores:.2f} cores)")
+    report(times, cfg["batch"])
+    if args.profile:
+        profile(steps[args.profile] if args.profile in steps else build(args.profile, cfg, batch))
+
+
+def report(times: dict, batch_size: int):
+    reference = statistics.median(times["reference"]) if "reference" in times else None
+    print("\n| variant | s/step (median) | min-max | utt/s | x reference utt/s |")
+    print("|---|---|---|---|---|")
+    result = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        ratio = f"{reference / median:.2f}" if reference else "-"
+        spread = f"{min(values):.3f}-{max(values):.3f}"
+        print(f"| {name} | {median:.3f} | {spread} | {batch_size / median:.1f} | {ratio} |")
+        result[name] = {"step_s": round(median, 4), "utt_per_s": round(batch_size / median, 2)}
+    print("RESULT " + json.dumps(result))
+
+
+def profile(step):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48))
+
+
+if __name__ == "__main__":
+    main()

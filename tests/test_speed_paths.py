@@ -1,0 +1,171 @@
+"""The fast teacher-forced decoder (issue 7) computes what the plain loop of `step` computes:
+the same logits, attention weights, loss and gradients, to floating-point tolerance."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from asr.decoding import DecodingOptions, search
+from asr.features import SpecAugmentConfig
+from asr.model import LAS, DecoderConfig
+from asr.model.recurrence import LoopLinear, run_cells
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(attention="location", cell="lstm", num_layers=1, input_feeding=True, heads=1) -> LAS:
+    torch.manual_seed(0)
+    decoder = DecoderConfig(
+        cell=cell, embedding_dim=8, hidden_dim=16, num_layers=num_layers, input_feeding=input_feeding
+    )
+    no_masks = SpecAugmentConfig(num_freq_masks=0, num_time_masks=0)
+    config = tiny_config(attention=attention, decoder=decoder, spec_augment=no_masks, ctc_weight=0.3)
+    config = dataclasses.replace(config, attention=dataclasses.replace(config.attention, num_heads=heads))
+    return LAS(config).train()  # no dropout, no masks: train mode without randomness
+
+
+def _loss_and_gradients(model: LAS, decoder_forward, feats, feat_lens, targets, target_lens):
+    """The model's training loss with the decoder's teacher forcing replaced by `decoder_forward`."""
+    model.zero_grad(set_to_none=True)
+    model.decoder.forward = decoder_forward
+    try:
+        output = model.loss_from_features(feats, feat_lens, targets, target_lens)
+    finally:
+        del model.decoder.forward
+    output.loss.backward()
+    return output.loss.detach(), {
+        name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None
+    }
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(3)
+    feat_lens = torch.tensor([61, 40, 23])
+    feats = torch.randn(3, 61, 20, generator=generator) * (torch.arange(61) < feat_lens[:, None])[..., None]
+    target_lens = torch.tensor([7, 4, 2])
+    targets = torch.randint(2, 11, (3, 7), generator=generator) * (torch.arange(7) < target_lens[:, None])
+    return feats, feat_lens, targets, target_lens
+
+
+def _assert_paths_agree(model: LAS):
+    batch = _batch()
+    loss, gradients = _loss_and_gradients(model, model.decoder.forward, *batch)
+    reference_loss, reference_gradients = _loss_and_gradients(model, model.decoder.forward_by_steps, *batch)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == reference_gradients.keys()
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(gradient, reference_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("attention", ["dot", "additive", "location"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fast_teacher_forcing_gives_the_step_loops_loss_and_gradients(attention, cell):
+    _assert_paths_agree(_model(attention, cell))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fast_teacher_forcing_agrees_with_two_layers_and_two_heads(cell):
+    _assert_paths_agree(_model("location", cell, num_layers=2))
+    _assert_paths_agree(_model("dot", cell, num_layers=2, heads=2))
+
+
+@pytest.mark.parametrize("attention", ["dot", "location"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_without_input_feeding_the_fused_rnn_gives_the_step_loops_loss_and_gradients(
+    attention, cell, num_layers
+):
+    _assert_paths_agree(_model(attention, cell, num_layers, input_feeding=False))
+
+
+def test_without_input_feeding_the_first_cell_reads_only_the_embeddings():
+    model = _model(input_feeding=False)
+    assert model.decoder.cells[0].input_size == model.config.decoder.embedding_dim
+    assert _model().decoder.cells[0].input_size == 8 + model.encoder.output_dim
+
+
+def test_forward_under_inference_mode_and_bf16_autocast():
+    model = _model().eval()
+    feats, feat_lens, targets, target_lens = _batch()
+    with torch.inference_mode():
+        encoded = model.encode_features(feats, feat_lens)
+        tokens = torch.cat([torch.full((3, 1), 11), targets], dim=1)
+        logits, weights = model.decoder(tokens, encoded.output, encoded.lengths)
+        expected_logits, expected_weights = model.decoder.forward_by_steps(
+            tokens, encoded.output, encoded.lengths
+        )
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model.loss_from_features(feats, feat_lens, targets, target_lens)
+    output.loss.backward()
+    reference = model.loss_from_features(feats, feat_lens, targets, target_lens).loss
+    assert abs(output.loss.item() - reference.item()) < 0.05 * reference.item()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_loop_linear_gives_linears_gradient_and_needs_every_step_in_order():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 4)
+    inputs = torch.randn(3, 2, 5, requires_grad=True)
+    loop = LoopLinear.from_linear(linear, steps=3, batch=2)
+    outputs = torch.stack([loop(i, inputs[i]) ** 2 for i in range(3)])
+    gradients = torch.autograd.grad(outputs.sum(), [linear.weight, linear.bias, inputs])
+    expected = torch.autograd.grad((linear(inputs) ** 2).sum(), [linear.weight, linear.bias, inputs])
+    for gradient, reference in zip(gradients, expected, strict=True):
+        torch.testing.assert_close(gradient, reference)
+    loop = LoopLinear.from_linear(linear, steps=3, batch=2)
+    with pytest.raises(RuntimeError, match="expected step 0"):
+        loop(1, inputs[1])
+    partial = loop(0, inputs[0])
+    with pytest.raises(RuntimeError, match="called for 1 of 3 steps"):
+        partial.sum().backward()
+
+
+def test_run_cells_is_a_loop_of_the_cells():
+    torch.manual_seed(0)
+    cells = torch.nn.ModuleList([torch.nn.LSTMCell(3, 4), torch.nn.LSTMCell(4, 4)])
+    inputs, zeros = torch.randn(5, 2, 3), torch.zeros(2, 4)
+    outputs = run_cells(cells, inputs, [(zeros, zeros), (zeros, zeros)], dropout=0.0, training=False)
+    states = [(zeros, zeros), (zeros, zeros)]
+    for i in range(5):
+        x = inputs[i]
+        for layer, cell in enumerate(cells):
+            states[layer] = cell(x, states[layer])
+            x = states[layer][0]
+        torch.testing.assert_close(outputs[i], x)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_search_without_input_feeding_matches_its_teacher_forcing(beam_size):
+    """Greedy and beam search run the model without input feeding through `step`; each hypothesis's
+    score is what the fused teacher-forced decoder gives its tokens."""
+    model = _model(input_feeding=False).eval()
+    with torch.no_grad():
+        model.decoder.output.bias[11] = -5.0  # untrained: keep eos from ending every hypothesis at once
+    feats, feat_lens, _, _ = _batch()
+    with torch.inference_mode():
+        encoded = model.encode_features(feats, feat_lens)
+        options = DecodingOptions(beam_size=beam_size, ctc_weight=0.0, max_length_ratio=1.0)
+        results = search(model, encoded, options)
+        for i, nbest in enumerate(results):
+            frames = int(encoded.lengths[i])
+            best = nbest[0]
+            tokens_in = torch.tensor([[11, *best.tokens]])
+            logits, weights = model.decoder(
+                tokens_in, encoded.output[i : i + 1, :frames], encoded.lengths[i : i + 1]
+            )
+            log_probs = torch.log_softmax(logits[0].double(), dim=-1)
+            expected = log_probs.gather(1, torch.tensor([*best.tokens, 11])[:, None]).sum().item()
+            assert best.attention_score == pytest.approx(expected, abs=1e-4)
+            torch.testing.assert_close(best.attention, weights[0], atol=1e-5, rtol=1e-4)
+    assert any(len(nbest[0].tokens) >= 2 for nbest in results)
