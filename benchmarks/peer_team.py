@@ -73,8 +73,8 @@ def contract_model(cfg, input_feeding: bool = True) -> LAS:
     return LAS(config)
 
 
-def build_train(cfg, batch):
-    model = contract_model(cfg).train()
+def build_train(cfg, batch, input_feeding: bool = True):
+    model = contract_model(cfg, input_feeding).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     feats, feat_lens, text, text_lens = batch
 
@@ -91,12 +91,12 @@ def build_train(cfg, batch):
         fwd=lambda: model.loss_from_features(*batch),
         roots=[model],
         params=sum(p.numel() for p in model.parameters()),
-        note="asr.model.LAS",
+        note="asr.model.LAS" + ("" if input_feeding else " without input feeding"),
     )
 
 
-def build_decoders(cfg, feats):
-    model = contract_model(cfg).eval()
+def build_decoders(cfg, feats, input_feeding: bool = True):
+    model = contract_model(cfg, input_feeding).eval()
     with torch.no_grad():
         model.decoder.output.bias[cfg["sos_eos"]] = -1e4  # untrained: never stop early (contract section 4)
     lengths = torch.tensor([feats.shape[1]])
@@ -116,8 +116,16 @@ def build_decoders(cfg, feats):
     return dict(encode=encode, greedy=lambda: run(1), beam=lambda: run(cfg["beam"]), note="")
 
 
-if __name__ == "__main__":
+def main(name: str = "team", input_feeding: bool = True):
     arguments = common.parse_args("this toolkit's LAS (asr.model.LAS)")
     common.run_peer(
-        "team", {"asr": asr.__version__, "torch": torch.__version__}, arguments, build_train, build_decoders
+        name,
+        {"asr": asr.__version__, "torch": torch.__version__},
+        arguments,
+        lambda cfg, batch: build_train(cfg, batch, input_feeding),
+        lambda cfg, feats: build_decoders(cfg, feats, input_feeding),
     )
+
+
+if __name__ == "__main__":
+    main()
