@@ -9,6 +9,7 @@ import torch
 from asr.decoding import DecodingOptions, search
 from asr.features import SpecAugmentConfig
 from asr.model import LAS, DecoderConfig
+from asr.model.encoder import BiLSTM
 from asr.model.recurrence import LoopLinear, run_cells
 from tests.conftest import tiny_config
 
@@ -169,3 +170,15 @@ def test_search_without_input_feeding_matches_its_teacher_forcing(beam_size):
             assert best.attention_score == pytest.approx(expected, abs=1e-4)
             torch.testing.assert_close(best.attention, weights[0], atol=1e-5, rtol=1e-4)
     assert any(len(nbest[0].tokens) >= 2 for nbest in results)
+
+
+def test_a_full_length_batch_takes_one_bidirectional_call_with_the_same_result():
+    torch.manual_seed(0)
+    layer = BiLSTM(4, 3)
+    x, lengths = torch.randn(2, 9, 4, requires_grad=True), torch.tensor([9, 9])
+    results = []
+    for full_length in (True, False):
+        output = layer(x, lengths, full_length)
+        gradients = torch.autograd.grad((output**2).sum(), [x, *layer.parameters()])
+        results.append((output, gradients))
+    torch.testing.assert_close(results[0], results[1])

@@ -12,6 +12,8 @@ The cells compute what `nn.LSTMCell` and `nn.GRUCell` compute, up to floating-po
 (`tests/test_speed_paths.py`), and read those modules' own parameters.
 """
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -148,11 +150,16 @@ def run_cells(cells: nn.ModuleList, inputs: torch.Tensor, states, dropout: float
     """
     weights = [p for cell in cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
     hidden = torch.stack([state[0] for state in states])  # (layers, B, H)
-    if isinstance(cells[0], nn.LSTMCell):
-        cell = torch.stack([state[1] for state in states])
-        outputs, _, _ = torch._VF.lstm(
-            inputs, (hidden, cell), weights, True, len(cells), dropout, training, False, False
-        )
-    else:
-        outputs, _ = torch._VF.gru(inputs, hidden, weights, True, len(cells), dropout, training, False, False)
+    with warnings.catch_warnings():
+        # cuDNN copies the cells' separate weights into one buffer at every call, and warns each time
+        warnings.filterwarnings("ignore", message=".*single contiguous chunk of memory.*")
+        if isinstance(cells[0], nn.LSTMCell):
+            cell = torch.stack([state[1] for state in states])
+            outputs, _, _ = torch._VF.lstm(
+                inputs, (hidden, cell), weights, True, len(cells), dropout, training, False, False
+            )
+        else:
+            outputs, _ = torch._VF.gru(
+                inputs, hidden, weights, True, len(cells), dropout, training, False, False
+            )
     return outputs
