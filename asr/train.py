@@ -67,7 +67,8 @@ class TrainerOptions:
     max_epochs: int = 30
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     grad_clip: float = 5.0  # maximum global gradient norm
-    bf16: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
+    bf16: bool = True  # bf16 autocast on CUDA; CPU trains in fp32 unless bf16_cpu
+    bf16_cpu: bool = False  # bf16 autocast on CPU too (fast on CPUs with AVX512-BF16; issue 7)
     resume: bool = False  # continue from exp_dir/last.pt when it exists
     checkpoint_every_steps: int = 200  # also write last.pt every this many batches; 0: epoch ends only
     log_every: int = 50  # steps between console/TensorBoard loss lines
@@ -153,7 +154,7 @@ def train_one_epoch(run: Run, loader, options: TrainerOptions, progress: Progres
     """
     run.trained.train()
     device = run.process.device
-    autocast = device.type == "cuda" and options.bf16
+    autocast = options.bf16 and (device.type == "cuda" or options.bf16_cpu)
     totals, started = progress.totals, time.perf_counter()
     # a log file gets a progress line every 30 s instead of a bar redrawn many times a second
     bar = tqdm(
