@@ -182,3 +182,23 @@ def test_a_full_length_batch_takes_one_bidirectional_call_with_the_same_result()
         gradients = torch.autograd.grad((output**2).sum(), [x, *layer.parameters()])
         results.append((output, gradients))
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_fast_paths_train_with_dropout(input_feeding):
+    """Dropout draws differ between the paths (masks for all steps at once), so only check it trains."""
+    torch.manual_seed(0)
+    decoder = DecoderConfig(
+        embedding_dim=8, hidden_dim=16, num_layers=2, dropout=0.3, input_feeding=input_feeding
+    )
+    model = LAS(tiny_config(decoder=decoder)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    feats, feat_lens, targets, target_lens = _batch()
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        output = model.loss_from_features(feats, feat_lens, targets, target_lens)
+        output.loss.backward()
+        optimizer.step()
+        losses.append(output.loss.item())
+    assert losses[-1] < losses[0]
