@@ -155,9 +155,8 @@ class LocationAwareAttention(AdditiveAttention):
         # The convolution as a product with each frame's window of K previous weights (zero beyond
         # the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a tiny conv.
         channels, _, width = self.location_conv.weight.shape
-        windows = nn.functional.pad(previous_weights, (width // 2, width // 2)).unfold(
-            1, width, 1
-        )  # (B, T, K)
+        padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
+        windows = padded.unfold(1, width, 1)  # (B, T, K)
         location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B, T, channels)
         energies = keys + projected_query[:, None, :] + self.location_projection(location)
         return self.weigh(energies, memory, mask)
