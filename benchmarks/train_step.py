@@ -5,7 +5,8 @@ fast paths, interleaved in one process so that the ratios hold on a shared machi
     .venv/bin/python benchmarks/train_step.py --rounds 3 --variants reference fast --profile fast
 
 Variants (each its own model, built from the same seed, with its own Adam):
-  reference       the decoder as a plain loop of `step` (`forward_by_steps`): teacher forcing before issue 7
+  reference       the training step before issue 7: the decoder as a plain loop of `step`
+                  (`forward_by_steps`), each encoder BiLSTM as two calls with the padding bookkeeping
   fast            the default model's teacher-forced path (`forward`): the same function, fewer ops per step
   no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
   fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
@@ -16,6 +17,7 @@ ratio of each variant's utterances/s to the reference's, and `RESULT {json}`.
 """
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -26,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_team  # noqa: E402  (finds the shared harness; contract_model)
 import torch  # noqa: E402
 
+from asr.model.encoder import BiLSTM  # noqa: E402
+
 VARIANTS = ("reference", "fast", "no_feeding", "fast_bf16", "no_feeding_bf16")
 
 
@@ -35,6 +39,8 @@ def build(name: str, cfg: dict, batch):
     model = peer_team.contract_model(cfg, input_feeding=input_feeding).train()
     if name == "reference":
         model.decoder.forward = model.decoder.forward_by_steps
+        for layer in [*model.encoder.layers, *model.encoder.pyramid]:
+            layer.forward = functools.partial(padded_bilstm, layer)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     bf16 = name.endswith("_bf16")
 
@@ -48,6 +54,10 @@ def build(name: str, cfg: dict, batch):
         return float(loss.detach())
 
     return step
+
+
+def padded_bilstm(layer: BiLSTM, x, lengths, full_length: bool = False):
+    return BiLSTM.forward(layer, x, lengths, full_length=False)
 
 
 def main():
