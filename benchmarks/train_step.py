@@ -17,7 +17,6 @@ ratio of each variant's utterances/s to the reference's, and `RESULT {json}`.
 """
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -28,8 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_team  # noqa: E402  (finds the shared harness; contract_model)
 import torch  # noqa: E402
 
-from asr.model.encoder import BiLSTM  # noqa: E402
-
 VARIANTS = ("reference", "fast", "no_feeding", "fast_bf16", "no_feeding_bf16")
 
 
@@ -38,9 +35,7 @@ def build(name: str, cfg: dict, batch):
     input_feeding = not name.startswith("no_feeding")
     model = peer_team.contract_model(cfg, input_feeding=input_feeding).train()
     if name == "reference":
-        model.decoder.forward = model.decoder.forward_by_steps
-        for layer in [*model.encoder.layers, *model.encoder.pyramid]:
-            layer.forward = functools.partial(padded_bilstm, layer)
+        peer_team.use_step_by_step_paths(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     bf16 = name.endswith("_bf16")
 
@@ -54,10 +49,6 @@ def build(name: str, cfg: dict, batch):
         return float(loss.detach())
 
     return step
-
-
-def padded_bilstm(layer: BiLSTM, x, lengths, full_length: bool = False):
-    return BiLSTM.forward(layer, x, lengths, full_length=False)
 
 
 def main():
