@@ -51,6 +51,9 @@ class LoopLinear:
 
     def __init__(self, weight: torch.Tensor, offsets: torch.Tensor):
         self.weight_t = weight.detach().t()
+        device = weight.device.type
+        if torch.is_autocast_enabled(device):  # cast once, not at every step (autocast caches only leaves)
+            self.weight_t = self.weight_t.to(torch.get_autocast_dtype(device))
         self.inputs: list[torch.Tensor] | None = None
         if torch.is_grad_enabled() and weight.requires_grad:
             self.inputs = []
