@@ -207,3 +207,17 @@ def test_a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(small_corpu
     state = saved(tmp_path)  # still the second one, whole
     assert state["progress"]["batches_done"] == 2 and all_finite(state)
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_bf16_cpu_trains_under_autocast(small_corpus, tmp_path, monkeypatch):
+    """trainer.bf16_cpu: the fast configuration of issue 7 autocasts on CPU too."""
+    flags, real = [], asr.train.forward_backward
+
+    def forward_backward(model, batch, grad_clip, autocast):
+        flags.append(autocast)
+        return real(model, batch, grad_clip, autocast)
+
+    monkeypatch.setattr(asr.train, "forward_backward", forward_backward)
+    fit_small(small_corpus, tmp_path, bf16_cpu=True)
+    assert flags and all(flags)
+    assert all_finite(saved(tmp_path))
