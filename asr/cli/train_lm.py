@@ -86,7 +86,7 @@ def load_tokenizer(tokenizer_from: str | None, tokenizer_type: str, texts: list[
     """The acoustic model's tokenizer from its checkpoint, or a new one built from `texts`."""
     if tokenizer_from:
         return tokenizer_from_dict(load_checkpoint(tokenizer_from)["tokenizer"])
-    return build_tokenizer(tokenizer_type, texts)
+    return build_tokenizer(texts, type=tokenizer_type)
 
 
 def encode_sentences(sentences: list[str], tokenizer, name: str) -> list[list[int]]:
