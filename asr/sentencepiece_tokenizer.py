@@ -16,19 +16,16 @@ from collections.abc import Iterable
 import sentencepiece as spm
 
 from asr.text import normalize_text
-from asr.tokenizer import BLANK, SOS_EOS, UNKNOWN
+from asr.tokenizer import BLANK, SOS_EOS, UNKNOWN, IdLayout
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(IdLayout):
     """
     >>> texts = ["the cat sat on the mat", "the dog sat on the log"] * 20
     >>> tokenizer = SentencePieceTokenizer.train(texts, vocab_size=30)
     >>> tokenizer.decode(tokenizer.encode("The dog sat."))
     'the dog sat'
     """
-
-    blank_id = 0
-    unk_id = 1
 
     def __init__(self, model_proto: bytes):
         self.model_proto = model_proto
@@ -71,18 +68,6 @@ class SentencePieceTokenizer:
             minloglevel=2,
         )
         return cls(model.getvalue())
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.symbols)
-
-    @property
-    def sos_id(self) -> int:
-        return len(self.symbols) - 1
-
-    @property
-    def eos_id(self) -> int:
-        return len(self.symbols) - 1
 
     def encode(self, text: str) -> list[int]:
         # sentencepiece id i (0 = <unk>) is our id i + 1 (0 = blank)

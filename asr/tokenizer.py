@@ -20,16 +20,33 @@ UNKNOWN = "<unk>"
 SOS_EOS = "<sos/eos>"
 
 
-class CharTokenizer:
+class IdLayout:
+    """The id layout above, for a tokenizer whose `symbols` list every id's symbol."""
+
+    blank_id = 0
+    unk_id = 1
+    symbols: list[str]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def sos_id(self) -> int:
+        return len(self.symbols) - 1
+
+    @property
+    def eos_id(self) -> int:
+        return len(self.symbols) - 1
+
+
+class CharTokenizer(IdLayout):
     """Characters of normalised text, the space included.
 
     >>> tokenizer = CharTokenizer.build(["one two", "three"])
     >>> tokenizer.decode(tokenizer.encode("Two, three!"))
     'two three'
     """
-
-    blank_id = 0
-    unk_id = 1
 
     def __init__(self, characters: Sequence[str]):
         if len(set(characters)) != len(characters) or any(len(c) != 1 for c in characters):
@@ -45,18 +62,6 @@ class CharTokenizer:
         for text in texts:
             characters.update(normalize_text(text))
         return cls(sorted(characters))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.symbols)
-
-    @property
-    def sos_id(self) -> int:
-        return len(self.symbols) - 1
-
-    @property
-    def eos_id(self) -> int:
-        return len(self.symbols) - 1
 
     def encode(self, text: str) -> list[int]:
         return [self._ids.get(c, self.unk_id) for c in normalize_text(text)]

@@ -21,13 +21,7 @@ from tests.conftest import REPO, tiny_config
 BENCHMARKS = REPO / "benchmarks"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on two shared cores: one thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _module(name: str):

@@ -17,14 +17,7 @@ EOS = VOCAB_SIZE - 1
 WAVE_LENGTHS = [8000, 6400, 5200, 4000, 2800, 1600]  # samples at 8 kHz: 13 .. 3 attention frames
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: on two shared cores, handing them between threads costs more time
-    than it saves (a training step of the test model took 190 ms on 2 threads, 41 ms on 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed: int = 1):

@@ -17,13 +17,7 @@ VOCAB_SIZE = 9
 SOS_EOS = VOCAB_SIZE - 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on two shared cores one thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(dropout: float = 0.0, num_layers: int = 2) -> LSTMLanguageModel:

@@ -13,13 +13,7 @@ from asr.model.encoder import BiLSTM
 from asr.model.recurrence import LoopLinear, run_cells
 from tests.conftest import tiny_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(attention="location", cell="lstm", num_layers=1, input_feeding=True, heads=1) -> LAS:
