@@ -88,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight of CTC prefix scores, 0 to 1 (default: %(default)s)",
     )
-    add("--lm", default=None, metavar="CKPT", help="language model for shallow fusion (default: none)")
+    add(
+        "--lm",
+        default=None,
+        metavar="FILE",
+        help="shallow fusion with an LM checkpoint (asr-train-lm) or a word lexicon (asr-lexicon; "
+        "character models) (default: none)",
+    )
     add(
         "--lm-weight",
         type=float,

@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lm",
         default=None,
-        metavar="CKPT",
-        help="language-model checkpoint for shallow fusion (default: none)",
+        metavar="FILE",
+        help="shallow fusion with an LM checkpoint (asr-train-lm) or a word lexicon (asr-lexicon; "
+        "character models) (default: none)",
     )
     parser.add_argument(
         "--lm-weight",
@@ -249,7 +250,13 @@ def _load_language_model(args: argparse.Namespace, model, tokenizer, device: tor
     if args.lm is None:
         return None
     from asr.lm import load_language_model
+    from asr.word_lm import WordLookaheadLM, is_lexicon_file, read_lexicon
 
+    if is_lexicon_file(args.lm):  # a word lexicon from asr-lexicon: look-ahead word LM over characters
+        try:
+            return WordLookaheadLM(read_lexicon(args.lm), tokenizer).to(device)
+        except ValueError as error:
+            raise _UsageError(f"{args.lm}: cannot use word lexicon: {error}") from None
     try:
         language_model, lm_tokenizer = load_language_model(args.lm, device)
     except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as error:

@@ -1,0 +1,212 @@
+"""A word language model for shallow fusion with a character model: a lexicon with look-ahead.
+
+A character model trained on a thousand sentences spells new words from the sounds alone
+("divergence" comes out "deversion"), and a character LSTM LM trained on the same sentences knows
+too little English to correct it (`recipes/kathleen/README.md`). A word lexicon with unigram
+probabilities, built by `asr-lexicon` from any text and/or wordfreq's English word frequencies,
+knows which spellings are words and how common each one is.
+
+The search adds scores per character, so the word probabilities are spread over the characters
+with a prefix tree and look-ahead (Hori, Cho & Watanabe 2018, "End-to-end speech recognition with
+word-based RNN language models"). With S(n) = log sum of p(w) over the words below trie node n
+(S(root) = 0) and p_oov the probability given to any one word outside the lexicon:
+
+    letter c, node n -> child m          S(m) - S(n)
+    letter c, node n without that child  log p_oov - S(n); the word is out of the lexicon until it ends
+    word end (space or eos) at node n    log p(w_n) - S(n) if n ends a word, else log p_oov - S(n)
+    letter or word end out of lexicon    0
+    space right after a space or sos     -inf (normalised text never has one)
+
+The scores of a word's characters and its end sum to log p(w), or log p_oov, so fusion adds
+`lm_weight * log p(word)` per word, but a hypothesis already pays for a rare or impossible prefix
+while it is being spelled, before the beam would otherwise drop the right word.
+
+All transitions and scores are two dense (nodes + 1) x V tables, so a search step is two gathers
+for every hypothesis at once; the object has the interface of `asr.lm.LSTMLanguageModel`
+(`initial_state`, `step`, `select_state`) and plugs into `asr.decoding.search` unchanged.
+"""
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asr.text import normalize_text
+from asr.tokenizer import CharTokenizer
+
+NEG_INF = float("-inf")
+# A lexicon file is text: one "word<TAB>weight" per line (weights are counts or frequencies).
+LEXICON_HEADER = "# las-asr lexicon: word<TAB>weight, normalised to probabilities when loaded"
+
+
+@dataclass(frozen=True)
+class WordLMConfig:
+    vocab_size: int  # the character tokenizer's, as `LanguageModelConfig.vocab_size`
+    words: int  # words in the lexicon that the tokenizer can spell
+    oov_log_prob: float  # log p of one word outside the lexicon
+
+
+class WordLookaheadLM(nn.Module):
+    """Look-ahead word unigram LM over a character tokenizer's ids (module docstring).
+
+    >>> tokenizer = CharTokenizer.build(["a ab"])
+    >>> lm = WordLookaheadLM({"a": 3.0, "ab": 1.0}, tokenizer)
+    >>> sos = torch.tensor([tokenizer.sos_id])
+    >>> log_probs, state = lm.step(sos, lm.initial_state(1, torch.device("cpu")))
+    >>> log_probs, state = lm.step(torch.tensor(tokenizer.encode("a")), state)
+    >>> [round(float(log_probs[0, i].exp()), 2) for i in (tokenizer.eos_id, *tokenizer.encode("b"))]
+    [0.75, 0.25]
+    """
+
+    def __init__(self, weights: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float | None = None):
+        super().__init__()
+        if not isinstance(tokenizer, CharTokenizer):
+            raise ValueError("a word lexicon LM needs a character tokenizer (this model uses word pieces)")
+        spellable = set(tokenizer.characters) - {" "}
+        words = {w: float(c) for w, c in weights.items() if w and c > 0 and set(w) <= spellable}
+        if not words:
+            raise ValueError("the lexicon has no word that the model's characters can spell")
+        total = math.fsum(words.values())
+        log_probs = {w: math.log(c / total) for w, c in words.items()}
+        if oov_log_prob is None:
+            oov_log_prob = min(log_probs.values())  # as likely as the rarest word in the lexicon
+        if oov_log_prob > 0:
+            raise ValueError(f"oov_log_prob must be a log-probability (<= 0), got {oov_log_prob}")
+        self.config = WordLMConfig(tokenizer.vocab_size, len(words), oov_log_prob)
+        self.eval()
+        scores, transitions = _tables(log_probs, tokenizer, oov_log_prob)
+        self.register_buffer("scores", scores, persistent=False)  # (nodes + 1, V) float32
+        self.register_buffer("transitions", transitions, persistent=False)  # (nodes + 1, V) int32
+
+    @property
+    def sos_eos_id(self) -> int:
+        return self.config.vocab_size - 1
+
+    def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B,) trie node of every row: the root."""
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Consume each row's previous token (sos at the start); log-scores (B, V) of the next one."""
+        node = self.transitions.view(-1)[state * self.config.vocab_size + tokens].long()
+        return self.scores.index_select(0, node), node
+
+    def select_state(self, state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return state.index_select(0, index)
+
+
+def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float):
+    """Score and transition tables; row `nodes` is the out-of-lexicon state."""
+    children: list[dict[str, int]] = [{}]
+    end = [0.0]  # probability of the word ending at each node (0: none)
+    for word, log_prob in log_probs.items():
+        node = 0
+        for char in word:
+            child = children[node].get(char)
+            if child is None:
+                child = len(children)
+                children[node][char] = child
+                children.append({})
+                end.append(0.0)
+            node = child
+        end[node] += math.exp(log_prob)
+    nodes = len(children)
+    below = list(end)  # probability mass of the words below each node; children come after parents
+    for node in range(nodes - 1, 0, -1):
+        for child in children[node].values():
+            below[node] += below[child]
+    below[0] = math.fsum(below[child] for child in children[0].values())
+    below_log = torch.tensor(below, dtype=torch.float64).log()
+    end_log = torch.tensor(end, dtype=torch.float64).log()  # -inf where no word ends
+
+    vocab, oov = tokenizer.vocab_size, nodes
+    space = tokenizer.symbols.index(" ") if " " in tokenizer.characters else None
+    eos = tokenizer.eos_id
+    scores = torch.empty(nodes + 1, vocab, dtype=torch.float64)
+    transitions = torch.full((nodes + 1, vocab), oov, dtype=torch.int32)
+    scores[:nodes] = (oov_log_prob - below_log)[:, None]  # every letter leaves the lexicon ...
+    ids = {char: tokenizer.symbols.index(char) for char in tokenizer.characters}
+    parents, letters, targets = [], [], []
+    for node, edges in enumerate(children):
+        for char, child in edges.items():
+            parents.append(node)
+            letters.append(ids[char])
+            targets.append(child)
+    parents, letters, targets = (torch.tensor(x, dtype=torch.long) for x in (parents, letters, targets))
+    scores[parents, letters] = below_log[targets] - below_log[parents]  # ... unless it has the child
+    transitions[parents, letters] = targets.int()
+    scores[oov] = 0.0  # the out-of-lexicon word was paid for when it left the lexicon
+    word_end = torch.where(torch.isfinite(end_log), end_log, torch.full_like(end_log, oov_log_prob)) - below_log
+    for boundary in (space, eos):
+        if boundary is None:
+            continue
+        scores[:nodes, boundary] = word_end
+        scores[oov, boundary] = 0.0
+        transitions[:, boundary] = 0  # back to the root
+    scores[0, eos] = 0.0  # the empty hypothesis, or eos right after a space
+    if space is not None:
+        scores[0, space] = NEG_INF
+    scores[:, tokenizer.blank_id] = NEG_INF  # never a text token
+    transitions[:, tokenizer.blank_id] = 0
+    return scores.float(), transitions
+
+
+def read_lexicon(path: str | os.PathLike) -> dict[str, float]:
+    """word -> weight from a lexicon file (`write_lexicon`; gzip when the name ends in .gz).
+
+    Raises ValueError naming the file and line for anything that is not "word<TAB>weight".
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    weights: dict[str, float] = {}
+    try:
+        with opener(path, "rt", encoding="utf-8") as file:
+            for number, line in enumerate(file, 1):
+                line = line.rstrip("\n")
+                if not line or line.startswith("#"):
+                    continue
+                fields = line.split("\t")
+                try:
+                    weight = float(fields[1]) if len(fields) == 2 else math.nan
+                except ValueError:
+                    weight = math.nan
+                if not (weight > 0 and math.isfinite(weight)) or " " in fields[0] or normalize_text(fields[0]) != fields[0]:
+                    raise ValueError(
+                        f"{path}:{number}: expected 'word<TAB>positive weight' with one normalised word, "
+                        f"got {line[:80]!r}"
+                    )
+                weights[fields[0]] = weights.get(fields[0], 0.0) + weight
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text: {error}") from None
+    except (OSError, EOFError) as error:  # gzip raises EOFError on a truncated file
+        raise ValueError(f"{path}: cannot read lexicon: {error}") from None
+    if not weights:
+        raise ValueError(f"{path}: the lexicon has no words")
+    return weights
+
+
+def write_lexicon(weights: dict[str, float], path: str | os.PathLike) -> None:
+    """Most frequent first, written to a temporary file and renamed, so a failure leaves no half file."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(temporary, "wt", encoding="utf-8", newline="\n") as file:
+        file.write(LEXICON_HEADER + "\n")
+        for word, weight in sorted(weights.items(), key=lambda item: (-item[1], item[0])):
+            file.write(f"{word}\t{weight:.6g}\n")
+    os.replace(temporary, path)
+
+
+def is_lexicon_file(path: str | os.PathLike) -> bool:
+    """True when `path` starts like a lexicon (text), not like a torch checkpoint (zip)."""
+    path = Path(path)
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            head = file.read(len(LEXICON_HEADER))
+    except (OSError, EOFError):
+        return False
+    return head == LEXICON_HEADER.encode()

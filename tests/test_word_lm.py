@@ -1,0 +1,135 @@
+"""The look-ahead word LM (asr/word_lm.py), asr-lexicon, and lexicon fusion in asr-transcribe."""
+
+import math
+
+import pytest
+import torch
+
+from asr.cli.lexicon import main as lexicon_main
+from asr.cli.transcribe import main as transcribe
+from asr.decoding import DecodingOptions, search
+from asr.sentencepiece_tokenizer import SentencePieceTokenizer
+from asr.tokenizer import CharTokenizer
+from asr.word_lm import WordLookaheadLM, is_lexicon_file, read_lexicon, write_lexicon
+from tests.test_decoding import VOCAB_SIZE, _batch, _encode, _trained_model
+from tests.test_train_lm import WORDS, _speechlike, acoustic_checkpoint  # noqa: F401 -- a fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# 9 characters: with blank, unk and eos the vocabulary of tests/test_decoding.py's model
+TOKENIZER = CharTokenizer.build(["abc defgh"])
+LEXICON = {"bad": 5.0, "cafe": 3.0, "head": 2.0, "a": 4.0, "bed": 1.0, "be": 1.0}
+TOTAL = sum(LEXICON.values())
+
+
+def _score(lm: WordLookaheadLM, text: str) -> list[float]:
+    """The LM's score of every token of `text` and of eos, fed one at a time as the search does."""
+    state = lm.initial_state(1, torch.device("cpu"))
+    previous, scores = TOKENIZER.sos_id, []
+    for token in [*TOKENIZER.encode(text), TOKENIZER.eos_id]:
+        log_probs, state = lm.step(torch.tensor([previous]), state)
+        scores.append(float(log_probs[0, token]))
+        previous = token
+    return scores
+
+
+def test_the_tokens_of_a_sentence_add_up_to_its_word_log_probabilities():
+    assert TOKENIZER.vocab_size == VOCAB_SIZE
+    lm = WordLookaheadLM(LEXICON, TOKENIZER)
+    expected = math.log(5 / TOTAL) + math.log(3 / TOTAL) + math.log(1 / TOTAL)
+    assert sum(_score(lm, "bad cafe be")) == pytest.approx(expected, abs=1e-5)
+    # out of the lexicon, wherever the spelling leaves it (a letter, or a prefix that is not a word)
+    oov = lm.config.oov_log_prob
+    assert oov == pytest.approx(math.log(1 / TOTAL))  # default: the rarest word's probability
+    assert sum(_score(lm, "bag")) == pytest.approx(oov, abs=1e-5)
+    assert sum(_score(lm, "ca")) == pytest.approx(oov, abs=1e-5)
+    assert sum(_score(lm, "hh a")) == pytest.approx(oov + math.log(4 / TOTAL), abs=1e-5)
+    # the look-ahead pays while spelling: after "b" only bad, bed and be remain
+    assert _score(lm, "bad")[0] == pytest.approx(math.log(7 / TOTAL), abs=1e-5)
+
+
+def test_after_a_prefix_the_next_letters_share_the_probability_of_the_words_below_it():
+    lm = WordLookaheadLM(LEXICON, TOKENIZER, oov_log_prob=-1e4)
+    state = lm.initial_state(1, torch.device("cpu"))
+    _, state = lm.step(torch.tensor([TOKENIZER.sos_id]), state)
+    log_probs, state = lm.step(torch.tensor(TOKENIZER.encode("b")), state)  # bad 5, bed 1, be 1
+    probs = log_probs[0].double().exp()
+    assert float(probs[TOKENIZER.encode("a")[0]]) == pytest.approx(5 / 7, abs=1e-6)
+    assert float(probs[TOKENIZER.encode("e")[0]]) == pytest.approx(2 / 7, abs=1e-6)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)  # "b" alone is no word: no eos, no space
+    assert float(log_probs[0, TOKENIZER.blank_id]) == -math.inf
+
+
+def test_a_heavy_lexicon_fusion_spells_only_lexicon_words():
+    model = _trained_model()
+    waves, lengths = _batch()
+    encoded = _encode(model, waves, lengths)
+    lm = WordLookaheadLM(LEXICON, TOKENIZER, oov_log_prob=-50.0)
+    plain = search(model, encoded, DecodingOptions(beam_size=4, ctc_weight=0.3))
+
+    def words(results):
+        return [w for nbest in results for w in TOKENIZER.decode(nbest[0].tokens).split()]
+
+    assert not set(words(plain)) <= set(LEXICON)  # the random model spells nonsense on its own
+    fused = search(model, encoded, DecodingOptions(beam_size=4, ctc_weight=0.3, lm_weight=3.0), lm=lm)
+    assert words(fused) and set(words(fused)) <= set(LEXICON)
+    for nbest in fused:
+        text = TOKENIZER.decode(nbest[0].tokens)
+        assert nbest[0].lm_score == pytest.approx(sum(math.log(LEXICON[w] / TOTAL) for w in text.split()), abs=1e-4)
+
+
+def test_a_word_piece_model_or_an_empty_lexicon_is_refused_with_the_reason():
+    pieces = SentencePieceTokenizer.train(["bad cafe head a bed be"] * 20, vocab_size=20)
+    with pytest.raises(ValueError, match="character tokenizer"):
+        WordLookaheadLM(LEXICON, pieces)
+    with pytest.raises(ValueError, match="no word"):
+        WordLookaheadLM({"xyz": 1.0}, TOKENIZER)
+
+
+def test_asr_lexicon_mixes_text_counts_with_wordfreq_and_round_trips(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("The zyzzyva, the ZYZZYVA!\nthe end\n")
+    out = tmp_path / "lexicon.tsv.gz"
+    status = lexicon_main(["--wordfreq", "2000", "--text", str(text), "--text-weight", "0.5", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    weights = read_lexicon(out)
+    assert is_lexicon_file(out) and len(weights) > 1500
+    assert math.fsum(weights.values()) == pytest.approx(1.0, abs=1e-3)
+    assert weights["zyzzyva"] == pytest.approx(0.5 * 2 / 6, rel=1e-4)  # only in the text: 2 of its 6 words
+    assert weights["the"] > 0.5 * 3 / 6 + 0.01  # in both: the text's share plus wordfreq's
+    assert list(weights)[0] == "the"  # most frequent first
+    with pytest.raises(SystemExit):
+        lexicon_main(["--out", str(out)])  # no source
+
+
+def test_a_malformed_lexicon_names_the_file_and_line(tmp_path):
+    good = tmp_path / "good.tsv"
+    write_lexicon({"bad": 2.0, "a": 1.0}, good)
+    assert read_lexicon(good) == {"bad": 2.0, "a": 1.0}
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(good.read_text() + "cafe\tmany\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:4: expected 'word<TAB>positive weight'"):
+        read_lexicon(bad)
+    bad.write_text(good.read_text() + "Cafe\t1\n")  # not normalised: would never match the model's output
+    with pytest.raises(ValueError, match=r"bad\.tsv:4"):
+        read_lexicon(bad)
+    assert not is_lexicon_file(tmp_path / "missing.tsv")
+
+
+def test_asr_transcribe_fuses_a_lexicon(tmp_path, capsys, acoustic_checkpoint):  # noqa: F811
+    lexicon = tmp_path / "digits.tsv"
+    # the rarest word sets the default price of a word outside the lexicon: about e^-16
+    write_lexicon({**{word: 1.0 for word in WORDS}, "zoo": 1e-6}, lexicon)
+    audio = [str(_speechlike(tmp_path / f"utterance{i}.wav", 0.8 + 0.4 * i, seed=i)) for i in range(3)]
+    common = ["--model", str(acoustic_checkpoint), "--beam-size", "4", "--ctc-weight", "0.3", *audio]
+    assert transcribe(common) == 0
+    plain = capsys.readouterr().out
+    assert transcribe(["--lm", str(lexicon), "--lm-weight", "3", *common]) == 0
+    fused = capsys.readouterr().out
+    assert fused != plain
+    for line in fused.splitlines():
+        assert set(line.split("\t")[1].split()) <= {*WORDS, "zoo"}  # digit words only, or nothing
+    broken = tmp_path / "broken.tsv"
+    broken.write_text(lexicon.read_text() + "two words\t1\n")
+    assert transcribe(["--lm", str(broken), *common]) == 2
+    assert "broken.tsv:13" in capsys.readouterr().err
