@@ -62,7 +62,9 @@ class WordLookaheadLM(nn.Module):
     [0.75, 0.25]
     """
 
-    def __init__(self, weights: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float | None = None):
+    def __init__(
+        self, weights: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float | None = None
+    ):
         super().__init__()
         if not isinstance(tokenizer, CharTokenizer):
             raise ValueError("a word lexicon LM needs a character tokenizer (this model uses word pieces)")
@@ -140,7 +142,9 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
     scores[parents, letters] = below_log[targets] - below_log[parents]  # ... unless it has the child
     transitions[parents, letters] = targets.int()
     scores[oov] = 0.0  # the out-of-lexicon word was paid for when it left the lexicon
-    word_end = torch.where(torch.isfinite(end_log), end_log, torch.full_like(end_log, oov_log_prob)) - below_log
+    word_end = (
+        torch.where(torch.isfinite(end_log), end_log, torch.full_like(end_log, oov_log_prob)) - below_log
+    )
     for boundary in (space, eos):
         if boundary is None:
             continue
@@ -174,12 +178,13 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, float]:
                     weight = float(fields[1]) if len(fields) == 2 else math.nan
                 except ValueError:
                     weight = math.nan
-                if not (weight > 0 and math.isfinite(weight)) or " " in fields[0] or normalize_text(fields[0]) != fields[0]:
+                word = fields[0]
+                if not (weight > 0 and math.isfinite(weight)) or " " in word or normalize_text(word) != word:
                     raise ValueError(
                         f"{path}:{number}: expected 'word<TAB>positive weight' with one normalised word, "
                         f"got {line[:80]!r}"
                     )
-                weights[fields[0]] = weights.get(fields[0], 0.0) + weight
+                weights[word] = weights.get(word, 0.0) + weight
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not UTF-8 text: {error}") from None
     except (OSError, EOFError) as error:  # gzip raises EOFError on a truncated file

@@ -75,7 +75,9 @@ def test_a_heavy_lexicon_fusion_spells_only_lexicon_words():
     assert words(fused) and set(words(fused)) <= set(LEXICON)
     for nbest in fused:
         text = TOKENIZER.decode(nbest[0].tokens)
-        assert nbest[0].lm_score == pytest.approx(sum(math.log(LEXICON[w] / TOTAL) for w in text.split()), abs=1e-4)
+        assert nbest[0].lm_score == pytest.approx(
+            sum(math.log(LEXICON[w] / TOTAL) for w in text.split()), abs=1e-4
+        )
 
 
 def test_a_word_piece_model_or_an_empty_lexicon_is_refused_with_the_reason():
@@ -90,7 +92,9 @@ def test_asr_lexicon_mixes_text_counts_with_wordfreq_and_round_trips(tmp_path, c
     text = tmp_path / "text.txt"
     text.write_text("The zyzzyva, the ZYZZYVA!\nthe end\n")
     out = tmp_path / "lexicon.tsv.gz"
-    status = lexicon_main(["--wordfreq", "2000", "--text", str(text), "--text-weight", "0.5", "--out", str(out)])
+    status = lexicon_main(
+        ["--wordfreq", "2000", "--text", str(text), "--text-weight", "0.5", "--out", str(out)]
+    )
     assert status == 0, capsys.readouterr().err
     weights = read_lexicon(out)
     assert is_lexicon_file(out) and len(weights) > 1500

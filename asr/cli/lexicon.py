@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wordfreq", type=int, default=0, metavar="N", help="the N most frequent English words (wordfreq)"
     )
     parser.add_argument(
-        "--text", action="append", default=[], metavar="FILE", help="count the words of a text file (repeatable)"
+        "--text",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="count the words of a text file (repeatable)",
     )
     parser.add_argument(
         "--text-weight",
