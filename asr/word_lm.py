@@ -14,7 +14,9 @@ word-based RNN language models"). With S(n) = log sum of p(w) over the words bel
     letter c, node n -> child m          S(m) - S(n)
     letter c, node n without that child  log p_oov - S(n); the word is out of the lexicon until it ends
     word end (space or eos) at node n    log p(w_n) - S(n) if n ends a word, else log p_oov - S(n)
-    letter or word end out of lexicon    0
+    letter out of lexicon                0
+    word end out of lexicon              0
+    every word end                       - word_penalty (0 by default)
     space right after a space or sos     -inf (normalised text never has one)
 
 The scores of a word's characters and its end sum to log p(w), or log p_oov, so fusion adds
@@ -48,6 +50,7 @@ class WordLMConfig:
     vocab_size: int  # the character tokenizer's, as `LanguageModelConfig.vocab_size`
     words: int  # words in the lexicon that the tokenizer can spell
     oov_log_prob: float  # log p of one word outside the lexicon
+    word_penalty: float = 0.0  # subtracted at every word end (a word insertion penalty, as in Kaldi)
 
 
 class WordLookaheadLM(nn.Module):
@@ -63,7 +66,11 @@ class WordLookaheadLM(nn.Module):
     """
 
     def __init__(
-        self, weights: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float | None = None
+        self,
+        weights: dict[str, float],
+        tokenizer: CharTokenizer,
+        oov_log_prob: float | None = None,
+        word_penalty: float = 0.0,
     ):
         super().__init__()
         if not isinstance(tokenizer, CharTokenizer):
@@ -78,9 +85,9 @@ class WordLookaheadLM(nn.Module):
             oov_log_prob = min(log_probs.values())  # as likely as the rarest word in the lexicon
         if oov_log_prob > 0:
             raise ValueError(f"oov_log_prob must be a log-probability (<= 0), got {oov_log_prob}")
-        self.config = WordLMConfig(tokenizer.vocab_size, len(words), oov_log_prob)
+        self.config = WordLMConfig(tokenizer.vocab_size, len(words), oov_log_prob, word_penalty)
         self.eval()
-        scores, transitions = _tables(log_probs, tokenizer, oov_log_prob)
+        scores, transitions = _tables(log_probs, tokenizer, oov_log_prob, word_penalty)
         self.register_buffer("scores", scores, persistent=False)  # (nodes + 1, V) float32
         self.register_buffer("transitions", transitions, persistent=False)  # (nodes + 1, V) int32
 
@@ -101,7 +108,7 @@ class WordLookaheadLM(nn.Module):
         return state.index_select(0, index)
 
 
-def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float):
+def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float, word_penalty: float):
     """Score and transition tables; row `nodes` is the out-of-lexicon state."""
     children: list[dict[str, int]] = [{}]
     end = [0.0]  # probability of the word ending at each node (0: none)
@@ -142,14 +149,13 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
     scores[parents, letters] = below_log[targets] - below_log[parents]  # ... unless it has the child
     transitions[parents, letters] = targets.int()
     scores[oov] = 0.0  # the out-of-lexicon word was paid for when it left the lexicon
-    word_end = (
-        torch.where(torch.isfinite(end_log), end_log, torch.full_like(end_log, oov_log_prob)) - below_log
-    )
+    known = torch.isfinite(end_log)
+    word_end = torch.where(known, end_log, torch.full_like(end_log, oov_log_prob)) - below_log - word_penalty
     for boundary in (space, eos):
         if boundary is None:
             continue
         scores[:nodes, boundary] = word_end
-        scores[oov, boundary] = 0.0
+        scores[oov, boundary] = -word_penalty
         transitions[:, boundary] = 0  # back to the root
     scores[0, eos] = 0.0  # the empty hypothesis, or eos right after a space
     if space is not None:

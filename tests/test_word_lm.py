@@ -44,6 +44,10 @@ def test_the_tokens_of_a_sentence_add_up_to_its_word_log_probabilities():
     assert sum(_score(lm, "bag")) == pytest.approx(oov, abs=1e-5)
     assert sum(_score(lm, "ca")) == pytest.approx(oov, abs=1e-5)
     assert sum(_score(lm, "hh a")) == pytest.approx(oov + math.log(4 / TOTAL), abs=1e-5)
+    penalised = WordLookaheadLM(LEXICON, TOKENIZER, word_penalty=2.5)  # per word, out of lexicon too
+    assert sum(_score(penalised, "bad cafe be")) == pytest.approx(expected - 3 * 2.5, abs=1e-5)
+    assert sum(_score(penalised, "hh a")) == pytest.approx(oov + math.log(4 / TOTAL) - 5.0, abs=1e-5)
+    assert sum(_score(penalised, "")) == 0.0  # the empty hypothesis has no word
     # the look-ahead pays while spelling: after "b" only bad, bed and be remain
     assert _score(lm, "bad")[0] == pytest.approx(math.log(7 / TOTAL), abs=1e-5)
 
@@ -131,6 +135,11 @@ def test_asr_transcribe_fuses_a_lexicon(tmp_path, capsys, acoustic_checkpoint): 
     assert transcribe(["--lm", str(lexicon), "--lm-weight", "3", *common]) == 0
     fused = capsys.readouterr().out
     assert fused != plain
+    assert transcribe(["--lm", str(lexicon), "--lm-weight", "3", "--word-penalty", "30", *common]) == 0
+    fewer = capsys.readouterr().out  # a huge price per word: one word per recording at most
+    assert all(len(line.split("\t")[1].split()) <= 1 for line in fewer.splitlines())
+    assert transcribe(["--word-penalty", "1", *common]) == 2
+    assert "--word-penalty needs --lm" in capsys.readouterr().err
     for line in fused.splitlines():
         assert set(line.split("\t")[1].split()) <= {*WORDS, "zoo"}  # digit words only, or nothing
     broken = tmp_path / "broken.tsv"

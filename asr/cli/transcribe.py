@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help=f"shallow-fusion weight of the --lm scores (default: {DEFAULT_LM_WEIGHT} with --lm)",
     )
+    parser.add_argument(
+        "--word-penalty",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="with a word lexicon as --lm: subtracted from its score at every word end, against "
+        "splitting words into short common ones (default: 0)",
+    )
     return parser
 
 
@@ -225,6 +233,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
     if args.lm_weight is not None and args.lm is None:
         raise _UsageError("--lm-weight needs --lm")
+    if args.word_penalty and args.lm is None:
+        raise _UsageError("--word-penalty needs --lm (a word lexicon)")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -254,7 +264,8 @@ def _load_language_model(args: argparse.Namespace, model, tokenizer, device: tor
 
     if is_lexicon_file(args.lm):  # a word lexicon from asr-lexicon: look-ahead word LM over characters
         try:
-            return WordLookaheadLM(read_lexicon(args.lm), tokenizer).to(device)
+            lexicon = read_lexicon(args.lm)
+            return WordLookaheadLM(lexicon, tokenizer, word_penalty=args.word_penalty).to(device)
         except ValueError as error:
             raise _UsageError(f"{args.lm}: cannot use word lexicon: {error}") from None
     try:
