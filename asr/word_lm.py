@@ -28,6 +28,7 @@ for every hypothesis at once; the object has the interface of `asr.lm.LSTMLangua
 (`initial_state`, `step`, `select_state`) and plugs into `asr.decoding.search` unchanged.
 """
 
+import functools
 import gzip
 import math
 import os
@@ -41,6 +42,7 @@ from asr.text import normalize_text
 from asr.tokenizer import CharTokenizer
 
 NEG_INF = float("-inf")
+SENTENCE_START, UNKNOWN_WORD = -1, -2  # word ids of the history besides the lexicon's
 # A lexicon file is text: one "word<TAB>weight" per line (weights are counts or frequencies).
 LEXICON_HEADER = "# las-asr lexicon: word<TAB>weight, normalised to probabilities when loaded"
 
@@ -71,6 +73,7 @@ class WordLookaheadLM(nn.Module):
         tokenizer: CharTokenizer,
         oov_log_prob: float | None = None,
         word_penalty: float = 0.0,
+        ngram: "NGramScorer | None" = None,
     ):
         super().__init__()
         if not isinstance(tokenizer, CharTokenizer):
@@ -87,32 +90,119 @@ class WordLookaheadLM(nn.Module):
             raise ValueError(f"oov_log_prob must be a log-probability (<= 0), got {oov_log_prob}")
         self.config = WordLMConfig(tokenizer.vocab_size, len(words), oov_log_prob, word_penalty)
         self.eval()
-        scores, transitions = _tables(log_probs, tokenizer, oov_log_prob, word_penalty)
+        scores, transitions, node_word = _tables(log_probs, tokenizer, oov_log_prob, word_penalty)
         self.register_buffer("scores", scores, persistent=False)  # (nodes + 1, V) float32
         self.register_buffer("transitions", transitions, persistent=False)  # (nodes + 1, V) int32
+        self.register_buffer("node_word", node_word, persistent=False)  # (nodes + 1,) word index or -1
+        self.words, self.word_log_probs = list(log_probs), list(log_probs.values())
+        self.ngram = ngram
+        boundary = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+        self.space_id = tokenizer.symbols.index(" ") if " " in tokenizer.characters else None
+        boundary[[i for i in (self.space_id, tokenizer.eos_id) if i is not None]] = True
+        self.register_buffer("boundary", boundary, persistent=False)
+        self._corrections = functools.lru_cache(maxsize=1 << 17)(self._word_end_corrections)
 
     @property
     def sos_eos_id(self) -> int:
         return self.config.vocab_size - 1
 
     def initial_state(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """(B,) trie node of every row: the root."""
-        return torch.zeros(batch_size, dtype=torch.long, device=device)
+        """(B, 3): every row's trie node (the root) and its last two words (sentence start)."""
+        state = torch.full((batch_size, 3), SENTENCE_START, dtype=torch.long, device=device)
+        state[:, 0] = 0
+        return state
 
     def step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Consume each row's previous token (sos at the start); log-scores (B, V) of the next one."""
-        node = self.transitions.view(-1)[state * self.config.vocab_size + tokens].long()
-        return self.scores.index_select(0, node), node
+        previous, last, before_last = state.unbind(1)
+        node = self.transitions.view(-1)[previous * self.config.vocab_size + tokens].long()
+        scores = self.scores.index_select(0, node)
+        if self.ngram is not None:
+            ended = self.boundary[tokens] & (previous != 0)  # a word ended: shift the history
+            word = self.node_word[previous]
+            word = torch.where(word >= 0, word, torch.full_like(word, UNKNOWN_WORD))
+            before_last = torch.where(ended, last, before_last)
+            last = torch.where(ended, word, last)
+            self._apply_ngram(scores, node, last, before_last)
+        return scores, torch.stack([node, last, before_last], dim=1)
 
     def select_state(self, state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return state.index_select(0, index)
+
+    def _apply_ngram(self, scores, node, last, before_last) -> None:
+        """At rows whose prefix is a lexicon word, the word end scores p_ngram(w | history) instead of
+        the unigram p(w) (and eos adds p_ngram(</s> | w, history))."""
+        rows = (self.node_word.index_select(0, node) >= 0).nonzero().squeeze(1)
+        if not len(rows):
+            return
+        words = self.node_word.index_select(0, node.index_select(0, rows)).tolist()
+        keys = zip(
+            words,
+            last.index_select(0, rows).tolist(),
+            before_last.index_select(0, rows).tolist(),
+            strict=True,
+        )
+        fixes = torch.tensor(
+            [self._corrections(*key) for key in keys], dtype=scores.dtype, device=scores.device
+        )
+        if self.space_id is not None:
+            scores[rows, self.space_id] += fixes[:, 0]
+        scores[rows, self.sos_eos_id] += fixes[:, 1]
+
+    def _word_end_corrections(self, word: int, last: int, before_last: int) -> tuple[float, float]:
+        """(space, eos) corrections: log p_ngram(w | h) - log p_lexicon(w), and + log p(</s> | w, h)."""
+        history = (self._name(last), self._name(before_last))
+        spelled = self.words[word]
+        log_prob = self.ngram.log_prob(spelled, history)
+        if log_prob is None:  # a lexicon word the n-gram model does not know: its unigram stays
+            return 0.0, 0.0
+        fix = log_prob - self.word_log_probs[word]
+        end = self.ngram.log_prob("</s>", (spelled, history[0]))
+        return fix, fix + (end if end is not None else 0.0)
+
+    def _name(self, word: int) -> str:
+        return "<s>" if word == SENTENCE_START else "<unk>" if word == UNKNOWN_WORD else self.words[word]
+
+
+class NGramScorer:
+    """Word n-gram log-probabilities from an ARPA or Sphinx binary model, through pocketsphinx's
+    n-gram engine (backoff handled there). `en-us` names the US English trigram model (72,547
+    words, 2.1 M bigrams, 1.7 M trigrams) that the pocketsphinx package ships."""
+
+    BUNDLED = "en-us"
+    # pocketsphinx returns log-probabilities in its log base 1.0001; a word it does not know gets
+    # about -5.4e8
+    LOG_BASE = math.log(1.0001)
+    UNKNOWN_BELOW = -1.0e8
+
+    def __init__(self, path: str | os.PathLike):
+        try:
+            import pocketsphinx
+        except ImportError:
+            raise ValueError("n-gram models need pocketsphinx: pip install pocketsphinx") from None
+        if str(path) == self.BUNDLED:
+            path = Path(pocketsphinx.get_model_path()) / "en-us" / "en-us.lm.bin"
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: n-gram model not found")
+        try:
+            self.model = pocketsphinx.NGramModel.readfile(str(path))
+        except Exception as error:  # noqa: BLE001 -- pocketsphinx raises RuntimeError or ValueError
+            raise ValueError(f"{path}: not an ARPA or Sphinx binary n-gram model: {error}") from None
+        self.path, self.order = path, self.model.size()
+
+    def log_prob(self, word: str, history: tuple[str, ...]) -> float | None:
+        """ln p(word | history), history most recent first; None when the model lacks the word."""
+        value = self.model.prob([word, *history[: self.order - 1]])
+        return None if value < self.UNKNOWN_BELOW else value * self.LOG_BASE
 
 
 def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float, word_penalty: float):
     """Score and transition tables; row `nodes` is the out-of-lexicon state."""
     children: list[dict[str, int]] = [{}]
     end = [0.0]  # probability of the word ending at each node (0: none)
-    for word, log_prob in log_probs.items():
+    ending: dict[int, int] = {}  # node -> index of the word that ends there
+    for index, (word, log_prob) in enumerate(log_probs.items()):
         node = 0
         for char in word:
             child = children[node].get(char)
@@ -123,6 +213,7 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
                 end.append(0.0)
             node = child
         end[node] += math.exp(log_prob)
+        ending[node] = index
     nodes = len(children)
     below = list(end)  # probability mass of the words below each node; children come after parents
     for node in range(nodes - 1, 0, -1):
@@ -162,7 +253,9 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
         scores[0, space] = NEG_INF
     scores[:, tokenizer.blank_id] = NEG_INF  # never a text token
     transitions[:, tokenizer.blank_id] = 0
-    return scores.float(), transitions
+    node_word = torch.full((nodes + 1,), -1, dtype=torch.long)
+    node_word[list(ending)] = torch.tensor(list(ending.values()), dtype=torch.long)
+    return scores.float(), transitions, node_word
 
 
 def read_lexicon(path: str | os.PathLike) -> dict[str, float]:

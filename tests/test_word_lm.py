@@ -10,7 +10,7 @@ from asr.cli.transcribe import main as transcribe
 from asr.decoding import DecodingOptions, search
 from asr.sentencepiece_tokenizer import SentencePieceTokenizer
 from asr.tokenizer import CharTokenizer
-from asr.word_lm import WordLookaheadLM, is_lexicon_file, read_lexicon, write_lexicon
+from asr.word_lm import NGramScorer, WordLookaheadLM, is_lexicon_file, read_lexicon, write_lexicon
 from tests.test_decoding import VOCAB_SIZE, _batch, _encode, _trained_model
 from tests.test_train_lm import WORDS, _speechlike, acoustic_checkpoint  # noqa: F401 -- a fixture
 
@@ -139,10 +139,59 @@ def test_asr_transcribe_fuses_a_lexicon(tmp_path, capsys, acoustic_checkpoint): 
     fewer = capsys.readouterr().out  # a huge price per word: one word per recording at most
     assert all(len(line.split("\t")[1].split()) <= 1 for line in fewer.splitlines())
     assert transcribe(["--word-penalty", "1", *common]) == 2
-    assert "--word-penalty needs --lm" in capsys.readouterr().err
+    assert "--word-penalty and --ngram need --lm" in capsys.readouterr().err
     for line in fused.splitlines():
         assert set(line.split("\t")[1].split()) <= {*WORDS, "zoo"}  # digit words only, or nothing
     broken = tmp_path / "broken.tsv"
     broken.write_text(lexicon.read_text() + "two words\t1\n")
     assert transcribe(["--lm", str(broken), *common]) == 2
     assert "broken.tsv:13" in capsys.readouterr().err
+
+
+ARPA = """\\data\\
+ngram 1=5
+ngram 2=2
+
+\\1-grams:
+-1.0\t<s>\t-0.5
+-1.0\t</s>
+-0.5\tbad\t-0.3
+-0.7\tcafe\t-0.2
+-1.2\ta
+
+\\2-grams:
+-0.1\t<s> bad
+-0.2\tbad cafe
+
+\\end\\
+"""
+
+
+@pytest.mark.parametrize(
+    "text, log10_prob",
+    [
+        ("bad cafe", -0.1 - 0.2 + (-0.2 - 1.0)),  # p(bad|<s>) p(cafe|bad) bo(cafe) p(</s>)
+        ("a bad", (-0.5 - 1.2) + -0.5 + (-0.3 - 1.0)),  # bo(<s>) p(a), p(bad), bo(bad) p(</s>)
+    ],
+)
+def test_an_ngram_model_scores_each_word_given_the_words_before_it(tmp_path, text, log10_prob):
+    path = tmp_path / "tiny.arpa"
+    path.write_text(ARPA)
+    lm = WordLookaheadLM(LEXICON, TOKENIZER, ngram=NGramScorer(path))
+    # pocketsphinx keeps log-probabilities as integers in base 1.0001: 1e-4 per value
+    assert sum(_score(lm, text)) == pytest.approx(log10_prob * math.log(10), abs=2e-3)
+    # a lexicon word the n-gram model lacks keeps its unigram; its history is still used after it
+    expected = math.log(1 / TOTAL) + (-1.2 - 1.0) * math.log(10)  # "bed"; p(a | bed) = p(a); p(</s> | a)
+    assert sum(_score(lm, "bed a")) == pytest.approx(expected, abs=2e-3)
+
+
+def test_an_unreadable_ngram_model_is_refused_naming_the_file(tmp_path, capsys, acoustic_checkpoint):  # noqa: F811
+    with pytest.raises(ValueError, match="missing.arpa: n-gram model not found"):
+        NGramScorer(tmp_path / "missing.arpa")
+    lexicon = tmp_path / "lexicon.tsv"
+    write_lexicon({word: 1.0 for word in WORDS}, lexicon)
+    wave = str(_speechlike(tmp_path / "a.wav", 0.8, seed=0))
+    status = transcribe(
+        ["--model", str(acoustic_checkpoint), "--lm", str(lexicon), "--ngram", str(lexicon), wave]
+    )
+    assert status == 2 and "lexicon.tsv: not an ARPA or Sphinx binary n-gram model" in capsys.readouterr().err

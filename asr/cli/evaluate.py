@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a word lexicon as --lm: subtracted from its score at every word end (default: 0)",
     )
     add(
+        "--ngram",
+        default=None,
+        metavar="FILE",
+        help="with a word lexicon as --lm: a word n-gram model (ARPA or Sphinx binary; 'en-us': "
+        "pocketsphinx's) for each word given the two before it",
+    )
+    add(
         "--batch-size",
         type=int,
         default=16,
@@ -249,8 +256,8 @@ def _check_arguments(args: argparse.Namespace):
         raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
     if args.lm_weight is not None and args.lm is None:
         raise _UsageError("--lm-weight needs --lm")
-    if args.word_penalty and args.lm is None:
-        raise _UsageError("--word-penalty needs --lm (a word lexicon)")
+    if (args.word_penalty or args.ngram) and args.lm is None:
+        raise _UsageError("--word-penalty and --ngram need --lm (a word lexicon)")
     lm_weight = 0.0 if args.lm is None else DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
     try:
         options = DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight, lm_weight=lm_weight)

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a word lexicon as --lm: subtracted from its score at every word end, against "
         "splitting words into short common ones (default: 0)",
     )
+    parser.add_argument(
+        "--ngram",
+        default=None,
+        metavar="FILE",
+        help="with a word lexicon as --lm: a word n-gram model (ARPA or Sphinx binary, read by "
+        "pocketsphinx; 'en-us' for the one pocketsphinx ships) scores each word given the two before it",
+    )
     return parser
 
 
@@ -233,8 +240,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
     if args.lm_weight is not None and args.lm is None:
         raise _UsageError("--lm-weight needs --lm")
-    if args.word_penalty and args.lm is None:
-        raise _UsageError("--word-penalty needs --lm (a word lexicon)")
+    if (args.word_penalty or args.ngram) and args.lm is None:
+        raise _UsageError("--word-penalty and --ngram need --lm (a word lexicon)")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -260,14 +267,17 @@ def _load_language_model(args: argparse.Namespace, model, tokenizer, device: tor
     if args.lm is None:
         return None
     from asr.lm import load_language_model
-    from asr.word_lm import WordLookaheadLM, is_lexicon_file, read_lexicon
+    from asr.word_lm import NGramScorer, WordLookaheadLM, is_lexicon_file, read_lexicon
 
     if is_lexicon_file(args.lm):  # a word lexicon from asr-lexicon: look-ahead word LM over characters
         try:
             lexicon = read_lexicon(args.lm)
-            return WordLookaheadLM(lexicon, tokenizer, word_penalty=args.word_penalty).to(device)
+            ngram = NGramScorer(args.ngram) if args.ngram else None
+            return WordLookaheadLM(lexicon, tokenizer, word_penalty=args.word_penalty, ngram=ngram).to(device)
         except ValueError as error:
             raise _UsageError(f"{args.lm}: cannot use word lexicon: {error}") from None
+    if args.ngram:
+        raise _UsageError("--ngram needs a word lexicon as --lm (asr-lexicon), not an LM checkpoint")
     try:
         language_model, lm_tokenizer = load_language_model(args.lm, device)
     except (CheckpointError, OSError, ValueError, KeyError, RuntimeError) as error:

@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--length-bonus", default="0")
     parser.add_argument("--eos-threshold", default="1.5")
     parser.add_argument("--word-penalty", default="0", help="per word, with a lexicon as --lm")
+    parser.add_argument("--ngram", default=None, help="word n-gram model, with a lexicon as --lm")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -54,7 +55,7 @@ def main() -> int:
         from asr.cli.transcribe import _load_language_model
 
         for penalty in penalties:
-            settings = argparse.Namespace(lm=args.lm, word_penalty=penalty)
+            settings = argparse.Namespace(lm=args.lm, word_penalty=penalty, ngram=args.ngram)
             language_models[penalty] = _load_language_model(settings, model, tokenizer, torch.device("cpu"))
     cuts = sorted(lhotse.load_manifest(args.cuts), key=lambda cut: cut.duration)
     references = [normalize_text(" ".join(s.text for s in cut.supervisions)) for cut in cuts]
