@@ -306,11 +306,23 @@ def write_lexicon(weights: dict[str, float], path: str | os.PathLike) -> None:
 
 
 def is_lexicon_file(path: str | os.PathLike) -> bool:
-    """True when `path` starts like a lexicon (text), not like a torch checkpoint (zip)."""
+    """True when `path` starts like a lexicon: our header, or a first line "word<TAB>number" (a
+    word-count file from elsewhere). A torch checkpoint (a zip archive) never does."""
     path = Path(path)
     try:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
-            head = file.read(len(LEXICON_HEADER))
-    except (OSError, EOFError):
+            first = file.readline(1000).decode("utf-8").rstrip("\n")
+    except (OSError, EOFError, UnicodeDecodeError):
         return False
-    return head == LEXICON_HEADER.encode()
+    if first == LEXICON_HEADER:
+        return True
+    fields = first.split("\t")
+    return len(fields) == 2 and bool(fields[0]) and _is_number(fields[1])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

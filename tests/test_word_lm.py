@@ -122,6 +122,12 @@ def test_a_malformed_lexicon_names_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.tsv:4"):
         read_lexicon(bad)
     assert not is_lexicon_file(tmp_path / "missing.tsv")
+    counts = tmp_path / "counts.tsv"  # word counts from another tool: no header, still a lexicon
+    counts.write_text("the\t120\nof\t57\n")
+    assert is_lexicon_file(counts) and read_lexicon(counts) == {"the": 120.0, "of": 57.0}
+    checkpoint = tmp_path / "model.pt"
+    torch.save({"format": "x"}, checkpoint)
+    assert not is_lexicon_file(checkpoint)
 
 
 def test_asr_transcribe_fuses_a_lexicon(tmp_path, capsys, acoustic_checkpoint):  # noqa: F811
