@@ -2,6 +2,8 @@
 
 import csv
 import io
+import subprocess
+import sys
 
 import lhotse
 import numpy as np
@@ -14,11 +16,13 @@ from asr.cli.prepare import main as prepare_main
 from asr.cli.transcribe import main as transcribe_main
 from asr.corpora import ManifestCorpus
 from asr.corpora.kathleen import prepare_kathleen, read_transcripts, split_of
+from asr.decoding import DecodingOptions, decode
+from asr.metrics import word_errors
 from asr.model import LAS
 from asr.sentencepiece_tokenizer import SentencePieceTokenizer
 from asr.text import normalize_text
-from asr.tokenizer import tokenizer_from_dict
-from tests.conftest import tiny_config
+from asr.tokenizer import CharTokenizer, tokenizer_from_dict
+from tests.conftest import REPO, tiny_config
 
 SENTENCES = {
     "arctic_a0001": "Author of the danger trail, Philip Steels, etc.",
@@ -192,3 +196,41 @@ def test_speed_perturbation_draws_one_factor_per_utterance_and_epoch(tmp_path):
     assert durations[0] != durations[1]  # factors are drawn afresh each epoch
     assert [c.id for c in corpus.train_cuts(1)] == [c.id for c in epochs[1]]  # and reproducibly
     assert corpus.max_utterance_seconds == pytest.approx(0.5 / 0.9)
+
+
+def test_tune_decoding_prints_one_line_per_setting_with_the_wer_of_that_search(tmp_path):
+    source = _converted(
+        tmp_path / "kathleen",
+        [(f"arctic_b04{i}_1", f"arctic_b04{i}", "dev", text) for i, text in enumerate(SENTENCES.values(), 10)]
+        + [("arctic_a0001_1", "arctic_a0001", "train", "one training sentence")],
+    )
+    paths = prepare_kathleen(source, tmp_path / "data")
+    tokenizer = CharTokenizer.build(SENTENCES.values())
+    torch.manual_seed(0)
+    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size))
+    with torch.no_grad():
+        model.decoder.output.bias[tokenizer.eos_id] += 2.0  # short outputs from a random model
+    save_checkpoint(model_state(model, tokenizer), tmp_path / "model.pt")
+    script = REPO / "recipes" / "kathleen" / "tune_decoding.py"
+    arguments = ["--model", str(tmp_path / "model.pt"), "--cuts", str(paths["dev"]), "--threads", "1"]
+    result = subprocess.run(
+        [sys.executable, script, *arguments, "--beam-size", "1,2", "--ctc-weight", "0,0.5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    header, *rows, best = result.stdout.splitlines()
+    assert header.startswith("beam\tctc") and len(rows) == 4 and best.startswith("best:")
+    settings = [tuple(row.split("\t")[:2]) for row in rows]
+    assert settings == [("1", "0.0"), ("1", "0.5"), ("2", "0.0"), ("2", "0.5")]
+    # greedy attention-only: the WER of decoding the same audio directly
+    model, _ = load_model(tmp_path / "model.pt")
+    cuts = sorted(lhotse.load_manifest(paths["dev"]), key=lambda cut: cut.duration)
+    waves = [torch.from_numpy(cut.resample(8000).load_audio()).mean(0) for cut in cuts]
+    lengths = torch.tensor([wave.numel() for wave in waves])
+    found = decode(
+        model, torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), lengths, DecodingOptions(1, 0.0)
+    )
+    references = [normalize_text(cut.supervisions[0].text) for cut in cuts]
+    expected = word_errors(references, [tokenizer.decode(h.tokens) for h in found]).error_rate
+    assert float(rows[0].split("\t")[6]) == pytest.approx(100 * expected, abs=0.01)
