@@ -126,6 +126,18 @@ def test_batching_does_not_change_results(tmp_path, capsys, checkpoint):
     assert len(_lines(outputs[0])) == 7
 
 
+def test_a_length_bonus_lengthens_the_outputs(tmp_path, capsys, checkpoint):
+    inputs = [_write(tmp_path / f"u{i}.wav", 0.6 + 0.3 * i, seed=i) for i in range(4)]
+    lengths = []
+    for bonus in ("0", "3"):
+        status, out, err = _run(
+            capsys, "--model", checkpoint, "--beam-size", "3", "--length-bonus", bonus, *inputs
+        )
+        assert status == 0, err
+        lengths.append(sum(len(fields[1]) for fields in _lines(out) if len(fields) > 1))
+    assert lengths[1] > lengths[0]
+
+
 def test_folders_are_searched_recursively(tmp_path, capsys, checkpoint):
     _write(tmp_path / "corpus" / "b.wav", 0.5, seed=1)
     _write(tmp_path / "corpus" / "deep" / "er" / "a.flac", 0.5, seed=2)

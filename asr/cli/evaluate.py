@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pocketsphinx's) for each word given the two before it",
     )
     add(
+        "--length-bonus",
+        type=float,
+        default=defaults.length_bonus,
+        metavar="B",
+        help="added per output token, against too short outputs (default: %(default)s)",
+    )
+    add(
         "--batch-size",
         type=int,
         default=16,
@@ -260,7 +267,12 @@ def _check_arguments(args: argparse.Namespace):
         raise _UsageError("--word-penalty and --ngram need --lm (a word lexicon)")
     lm_weight = 0.0 if args.lm is None else DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
     try:
-        options = DecodingOptions(beam_size=args.beam_size, ctc_weight=args.ctc_weight, lm_weight=lm_weight)
+        options = DecodingOptions(
+            beam_size=args.beam_size,
+            ctc_weight=args.ctc_weight,
+            lm_weight=lm_weight,
+            length_bonus=args.length_bonus,
+        )
     except ValueError as error:  # DecodingOptions checks its own ranges
         raise _UsageError(str(error)) from None
     return options, _resolve_device(args.device)

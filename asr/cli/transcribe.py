@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of CTC prefix scores in the search, 0 to 1 (default: %(default)s)",
     )
     parser.add_argument(
+        "--length-bonus",
+        type=float,
+        default=defaults.length_bonus,
+        metavar="B",
+        help="added per output token, against too short outputs (default: %(default)s)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=16,
@@ -202,7 +209,11 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     except CheckpointError as error:
         raise _UsageError(str(error)) from None
     language_model = _load_language_model(args, model, tokenizer, device)
-    option_values = {"beam_size": args.beam_size, "ctc_weight": args.ctc_weight}
+    option_values = {
+        "beam_size": args.beam_size,
+        "ctc_weight": args.ctc_weight,
+        "length_bonus": args.length_bonus,
+    }
     if language_model is not None:
         option_values["lm_weight"] = DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
     try:

@@ -33,8 +33,9 @@ done
 data_dir=exp/kathleen/data
 beam_size=20
 ctc_weight=0.5     # tuned on dev with recipes/kathleen/tune_decoding.py (README)
-lm_weight=0.4      # the word LM (lexicon + trigram)
-word_penalty=3     # per word, against splitting words into short common ones
+lm_weight=0.45     # the word LM (lexicon + trigram)
+word_penalty=3.5   # per word, against splitting words into short common ones
+length_bonus=1.0   # per character, against the deletions that the LM's weight and penalty bring
 char_lm_weight=0.2
 start=$SECONDS
 
@@ -77,7 +78,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   for set in dev test; do
     evaluate $set ""
     evaluate $set _wordlm --lm "$exp_dir/lexicon.tsv.gz" --ngram en-us --lm-weight $lm_weight \
-      --word-penalty $word_penalty
+      --word-penalty $word_penalty --length-bonus $length_bonus
   done
 fi
 
