@@ -8,6 +8,8 @@ Variants (each its own model, built from the same seed, with its own Adam):
   reference       the training step before issue 7: the decoder as a plain loop of `step`
                   (`forward_by_steps`), each encoder BiLSTM as two calls with the padding bookkeeping
   fast            the default model's teacher-forced path (`forward`): the same function, fewer ops per step
+  fast_mkl        the same with the decoder's per-step products on torch's default fp32 GEMM (MKL)
+                  instead of oneDNN's (`asr.model.recurrence.USE_ONEDNN_GEMM`)
   no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
   fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
 
@@ -27,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_team  # noqa: E402  (finds the shared harness; contract_model)
 import torch  # noqa: E402
 
-VARIANTS = ("reference", "fast", "no_feeding", "fast_bf16", "no_feeding_bf16")
+from asr.model import recurrence  # noqa: E402
+
+VARIANTS = ("reference", "fast", "fast_mkl", "no_feeding", "fast_bf16", "no_feeding_bf16")
 
 
 def build(name: str, cfg: dict, batch):
@@ -40,6 +44,7 @@ def build(name: str, cfg: dict, batch):
     bf16 = name.endswith("_bf16")
 
     def step():
+        recurrence.USE_ONEDNN_GEMM = name != "fast_mkl"
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model.loss_from_features(*batch).loss

@@ -38,19 +38,67 @@ class _DeferredWeightGradient(torch.autograd.Function):
             raise RuntimeError(f"LoopLinear was called for {steps} of {grad.shape[0]} steps")
         # (U, B, out) x (U, B, in) -> (out, in): the sum over steps and batch is one GEMM
         inputs = torch.stack(ctx.inputs).flatten(0, 1).to(grad.dtype)
-        weight_grad = grad.flatten(0, 1).t().mm(inputs)
+        if onednn_gemm_available(grad):  # (out, U*B) x (U*B, in) as a linear over the U*B axis
+            weight_grad = onednn_linear(grad.flatten(0, 1).t().contiguous(), inputs.t().contiguous())
+        else:
+            weight_grad = grad.flatten(0, 1).t().mm(inputs)
         return grad, weight_grad.to(ctx.weight_dtype), None
+
+
+USE_ONEDNN_GEMM = True  # False: torch's default GEMM (benchmarks/train_step.py times both in one run)
+
+
+def onednn_gemm_available(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's fp32 GEMM can run x W^T for this weight (CPU, float32, not under autocast).
+
+    On the CPUs this project measures, PyTorch sends fp32 `addmm` to MKL's AVX2 kernels, which run a
+    decoder step's (16 x 1024) x (1024 x 2048) product at about half the rate of oneDNN, the
+    library behind the fused LSTM (`benchmarks/train_step.py` times a step with each: `fast_mkl`).
+    """
+    return (
+        USE_ONEDNN_GEMM
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (B, in) W^T through oneDNN's GEMM; weight (out, in), both contiguous float32 on the CPU."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+class _OneDNNStepLinear(torch.autograd.Function):
+    """offset + x W^T with W constant (LoopLinear gets dL/dW after the loop): both products on oneDNN."""
+
+    @staticmethod
+    def forward(ctx, offset, x, weight, weight_t):
+        ctx.weight_t = weight_t  # (in, out), contiguous: dL/dx = dL/dy W = linear(dL/dy, W^T)
+        return onednn_linear(x.contiguous(), weight).add_(offset)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grad_x = onednn_linear(grad.contiguous(), ctx.weight_t) if ctx.needs_input_grad[1] else None
+        return grad, grad_x, None, None
 
 
 class LoopLinear:
     """y_i = offsets_i + x_i W^T at step i of a loop, with dL/dW computed once after the loop.
 
     weight : (out, in); offsets : (U, B, out), the part of y_i known before the loop (biases,
-    projections of inputs that do not depend on it).
+    projections of inputs that do not depend on it). On the CPU in fp32 the per-step products
+    (forward, and dL/dx in backward) run on oneDNN's GEMM (`onednn_gemm_available`).
     """
 
     def __init__(self, weight: torch.Tensor, offsets: torch.Tensor):
         self.weight_t = weight.detach().t()
+        self.onednn = onednn_gemm_available(weight)
+        if self.onednn:
+            self.weight = weight.detach().contiguous()
+            self.weight_t = self.weight_t.contiguous()
         device = weight.device.type
         if torch.is_autocast_enabled(device):  # cast once, not at every step (autocast caches only leaves)
             self.weight_t = self.weight_t.to(torch.get_autocast_dtype(device))
@@ -71,6 +119,8 @@ class LoopLinear:
             if len(self.inputs) != step:
                 raise RuntimeError(f"LoopLinear expected step {len(self.inputs)}, got {step}")
             self.inputs.append(x.detach())
+        if self.onednn and x.dtype == torch.float32:
+            return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
         return torch.addmm(self.offsets[step], x, self.weight_t)
 
 
