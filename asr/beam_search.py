@@ -43,6 +43,8 @@ class Hypothesis:
     ctc_score: float | None  # log p_ctc(tokens | x); None when ctc_weight is 0
     lm_score: float | None  # sum of log p_LM over the tokens and eos; None without fusion
     ended_by: str  # "eos", or "max_length" when the length limit forced eos
+    # the words, where the LM spells them (a phone model's lexicon LM); else tokenizer.decode(tokens)
+    text: str | None = None
 
 
 class _Candidates(NamedTuple):
@@ -341,6 +343,7 @@ class BatchBeamSearch:
         batch, beam = self.finished.score.shape
         entries = zip(*(x.flatten().tolist() for x in self.finished), strict=True)
         token_lists, frames = tokens.tolist(), self.memory_lengths.tolist()
+        spell = self.lm.text_of if getattr(self.lm, "owns_spelling", False) else None
         results = [[] for _ in range(batch)]
         for entry, (score, end, _, attention_score, lm_score, ctc_score, forced) in enumerate(entries):
             utterance = entry // beam
@@ -354,6 +357,7 @@ class BatchBeamSearch:
                 ctc_score=ctc_score if self.ctc is not None else None,
                 lm_score=lm_score if self.lm is not None else None,
                 ended_by="max_length" if forced else "eos",
+                text=spell(token_lists[entry][:end]) if spell is not None else None,
             )
             results[utterance].append(hypothesis)
         return results

@@ -90,6 +90,11 @@ def decode(
         return [nbest[0] for nbest in search(model, model.encode(waves, wave_lens), options, lm)]
 
 
+def hypothesis_text(hypothesis: Hypothesis, tokenizer) -> str:
+    """The text of a search result: the LM's words where it spells them (phones), else the tokenizer's."""
+    return hypothesis.text if hypothesis.text is not None else tokenizer.decode(hypothesis.tokens)
+
+
 def search(
     model: LAS,
     encoder_output: EncoderOutput,

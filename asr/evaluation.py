@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.decoding import DecodingOptions, Hypothesis, decode
+from asr.decoding import DecodingOptions, Hypothesis, decode, hypothesis_text
 from asr.diagnostics import (
     DEFINITIONS,
     STUCK_STEPS,
@@ -154,7 +154,7 @@ def score_utterances(
         for utterance, found in zip(utterances, hypotheses, strict=True)
         if utterance.error is None and found and all(hypothesis is not None for hypothesis in found)
     ]
-    texts = [" ".join(t for t in (tokenizer.decode(h.tokens) for h in found) if t) for _, found in decoded]
+    texts = [" ".join(t for t in (hypothesis_text(h, tokenizer) for h in found) if t) for _, found in decoded]
     reference_texts = [references[utterance.id] for utterance, _ in decoded]
     word_counts = utterance_word_errors(reference_texts, texts)
     results = []

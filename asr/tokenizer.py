@@ -84,4 +84,8 @@ def tokenizer_from_dict(state: dict):
         from asr.sentencepiece_tokenizer import SentencePieceTokenizer
 
         return SentencePieceTokenizer.from_dict(state)
+    if kind == "phones":
+        from asr.phone_tokenizer import PhoneTokenizer
+
+        return PhoneTokenizer.from_dict(state)
     raise ValueError(f"unknown tokenizer type {kind!r}")

@@ -313,12 +313,12 @@ def transcribe(
 
 def model_decoder(model, tokenizer, options, language_model=None, device="cpu") -> DecodeFunction:
     """A `DecodeFunction` that runs `asr.decoding.decode` on `device` and detokenises."""
-    from asr.decoding import decode  # the search, imported where it is used
+    from asr.decoding import decode, hypothesis_text  # the search, imported where it is used
 
     def decode_texts(waves: torch.Tensor, wave_lens: torch.Tensor) -> list[str]:
         with torch.inference_mode():
             hypotheses = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
-        return [tokenizer.decode(hypothesis.tokens) for hypothesis in hypotheses]
+        return [hypothesis_text(hypothesis, tokenizer) for hypothesis in hypotheses]
 
     return decode_texts
 

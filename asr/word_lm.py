@@ -34,15 +34,19 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from asr.phone_tokenizer import PhoneTokenizer
 from asr.text import normalize_text
 from asr.tokenizer import CharTokenizer
 
 NEG_INF = float("-inf")
 SENTENCE_START, UNKNOWN_WORD = -1, -2  # word ids of the history besides the lexicon's
+# A phone model's price for a phone sequence that is no lexicon word: nearly a closed vocabulary
+PHONE_OOV_LOG_PROB = -50.0
 # A lexicon file is text: one "word<TAB>weight" per line (weights are counts or frequencies).
 LEXICON_HEADER = "# las-asr lexicon: word<TAB>weight, normalised to probabilities when loaded"
 
@@ -70,34 +74,41 @@ class WordLookaheadLM(nn.Module):
     def __init__(
         self,
         weights: dict[str, float],
-        tokenizer: CharTokenizer,
+        tokenizer: "CharTokenizer | PhoneTokenizer",
         oov_log_prob: float | None = None,
         word_penalty: float = 0.0,
         ngram: "NGramScorer | None" = None,
     ):
         super().__init__()
-        if not isinstance(tokenizer, CharTokenizer):
-            raise ValueError("a word lexicon LM needs a character tokenizer (this model uses word pieces)")
-        spellable = set(tokenizer.characters) - {" "}
-        words = {w: float(c) for w, c in weights.items() if w and c > 0 and set(w) <= spellable}
+        spellings = _spellings(weights, tokenizer)
+        words = {w: float(weights[w]) for w in spellings}
         if not words:
-            raise ValueError("the lexicon has no word that the model's characters can spell")
+            raise ValueError("the lexicon has no word that the model's units can spell")
         total = math.fsum(words.values())
         log_probs = {w: math.log(c / total) for w, c in words.items()}
+        # Phones: a closed vocabulary, as in a classic recogniser (a phone sequence that is no word
+        # cannot be written down); characters can spell any word, at the rarest word's price.
+        self.owns_spelling = isinstance(tokenizer, PhoneTokenizer)
         if oov_log_prob is None:
-            oov_log_prob = min(log_probs.values())  # as likely as the rarest word in the lexicon
+            oov_log_prob = PHONE_OOV_LOG_PROB if self.owns_spelling else min(log_probs.values())
         if oov_log_prob > 0:
             raise ValueError(f"oov_log_prob must be a log-probability (<= 0), got {oov_log_prob}")
         self.config = WordLMConfig(tokenizer.vocab_size, len(words), oov_log_prob, word_penalty)
         self.eval()
-        scores, transitions, node_word = _tables(log_probs, tokenizer, oov_log_prob, word_penalty)
-        self.register_buffer("scores", scores, persistent=False)  # (nodes + 1, V) float32
-        self.register_buffer("transitions", transitions, persistent=False)  # (nodes + 1, V) int32
-        self.register_buffer("node_word", node_word, persistent=False)  # (nodes + 1,) word index or -1
+        self.space_id = tokenizer.symbols.index(" ") if " " in tokenizer.symbols else None
         self.words, self.word_log_probs = list(log_probs), list(log_probs.values())
+        entries = [(index, spelling) for index, word in enumerate(log_probs) for spelling in spellings[word]]
+        tables = _tables(entries, self.word_log_probs, tokenizer, self.space_id, oov_log_prob, word_penalty)
+        self.register_buffer("scores", tables.scores, persistent=False)  # (nodes + 1, V) float32
+        self.register_buffer("transitions", tables.transitions, persistent=False)  # (nodes + 1, V) int32
+        # (nodes + 1,): the most probable word ending at each node, or -1
+        self.register_buffer("node_word", tables.node_word, persistent=False)
+        self.node_words, self.node_log_probs = tables.node_words, tables.node_log_probs
+        homophone = torch.zeros_like(tables.node_word, dtype=torch.bool)
+        homophone[list(tables.node_words)] = True
+        self.register_buffer("homophone", homophone, persistent=False)  # several words end there
         self.ngram = ngram
         boundary = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-        self.space_id = tokenizer.symbols.index(" ") if " " in tokenizer.characters else None
         boundary[[i for i in (self.space_id, tokenizer.eos_id) if i is not None]] = True
         self.register_buffer("boundary", boundary, persistent=False)
         self._corrections = functools.lru_cache(maxsize=1 << 17)(self._word_end_corrections)
@@ -120,6 +131,11 @@ class WordLookaheadLM(nn.Module):
         if self.ngram is not None:
             ended = self.boundary[tokens] & (previous != 0)  # a word ended: shift the history
             word = self.node_word[previous]
+            homophones = (ended & self.homophone[previous]).nonzero().squeeze(1)
+            if len(homophones):  # the one of the words sounding alike that the n-gram preferred
+                keys = (x.index_select(0, homophones).tolist() for x in (previous, last, before_last))
+                chosen = [self._corrections(*key)[2] for key in zip(*keys, strict=True)]
+                word = word.index_copy(0, homophones, torch.tensor(chosen, device=word.device))
             word = torch.where(word >= 0, word, torch.full_like(word, UNKNOWN_WORD))
             before_last = torch.where(ended, last, before_last)
             last = torch.where(ended, word, last)
@@ -135,30 +151,50 @@ class WordLookaheadLM(nn.Module):
         rows = (self.node_word.index_select(0, node) >= 0).nonzero().squeeze(1)
         if not len(rows):
             return
-        words = self.node_word.index_select(0, node.index_select(0, rows)).tolist()
-        keys = zip(
-            words,
-            last.index_select(0, rows).tolist(),
-            before_last.index_select(0, rows).tolist(),
-            strict=True,
-        )
+        keys = zip(*(x.index_select(0, rows).tolist() for x in (node, last, before_last)), strict=True)
         fixes = torch.tensor(
-            [self._corrections(*key) for key in keys], dtype=scores.dtype, device=scores.device
+            [self._corrections(*key)[:2] for key in keys], dtype=scores.dtype, device=scores.device
         )
         if self.space_id is not None:
             scores[rows, self.space_id] += fixes[:, 0]
         scores[rows, self.sos_eos_id] += fixes[:, 1]
 
-    def _word_end_corrections(self, word: int, last: int, before_last: int) -> tuple[float, float]:
-        """(space, eos) corrections: log p_ngram(w | h) - log p_lexicon(w), and + log p(</s> | w, h)."""
+    def _word_end_corrections(self, node: int, last: int, before_last: int) -> tuple[float, float, int]:
+        """(space, eos) corrections at a word-ending node, and the word it ends: log p_ngram(w | h) -
+        log p_lexicon(node), and + log p(</s> | w, h). Where words sound alike (phones), w is the one
+        the n-gram prefers; a lexicon word the n-gram model does not know keeps its unigram."""
+        words = self.node_words.get(node) or [int(self.node_word[node])]
+        if self.ngram is None:
+            return 0.0, 0.0, words[0]
         history = (self._name(last), self._name(before_last))
-        spelled = self.words[word]
-        log_prob = self.ngram.log_prob(spelled, history)
-        if log_prob is None:  # a lexicon word the n-gram model does not know: its unigram stays
-            return 0.0, 0.0
-        fix = log_prob - self.word_log_probs[word]
-        end = self.ngram.log_prob("</s>", (spelled, history[0]))
-        return fix, fix + (end if end is not None else 0.0)
+        best, chosen = NEG_INF, words[0]
+        for word in words:
+            log_prob = self.ngram.log_prob(self.words[word], history)
+            if log_prob is None:
+                log_prob = self.word_log_probs[word]
+            if log_prob > best:
+                best, chosen = log_prob, word
+        fix = best - self.node_log_probs[node]
+        end = self.ngram.log_prob("</s>", (self.words[chosen], history[0]))
+        return fix, fix + (end if end is not None else 0.0), chosen
+
+    def text_of(self, tokens: list[int]) -> str:
+        """The words that a hypothesis's tokens (without sos and eos) spell through the lexicon, the
+        n-gram's choice among words that sound alike included (phones: the tokens are no text)."""
+        node, last, before_last, words = 0, SENTENCE_START, SENTENCE_START, []
+        oov = len(self.transitions) - 1
+        for token in [*tokens, self.sos_eos_id]:
+            if self.boundary[token]:
+                if node not in (0, oov) and self.node_word[node] >= 0:
+                    word = self._corrections(node, last, before_last)[2]
+                    words.append(self.words[word])
+                    last, before_last = word, last
+                elif node != 0:
+                    last, before_last = UNKNOWN_WORD, last
+                node = 0
+            else:
+                node = int(self.transitions[node, token])
+        return " ".join(words)
 
     def _name(self, word: int) -> str:
         return "<s>" if word == SENTENCE_START else "<unk>" if word == UNKNOWN_WORD else self.words[word]
@@ -197,23 +233,51 @@ class NGramScorer:
         return None if value < self.UNKNOWN_BELOW else value * self.LOG_BASE
 
 
-def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob: float, word_penalty: float):
-    """Score and transition tables; row `nodes` is the out-of-lexicon state."""
-    children: list[dict[str, int]] = [{}]
-    end = [0.0]  # probability of the word ending at each node (0: none)
-    ending: dict[int, int] = {}  # node -> index of the word that ends there
-    for index, (word, log_prob) in enumerate(log_probs.items()):
+def _spellings(weights: dict[str, float], tokenizer) -> dict[str, list[tuple[int, ...]]]:
+    """word -> the token sequences that spell it: its characters, or its pronunciations (phones)."""
+    spellings = {}
+    if isinstance(tokenizer, PhoneTokenizer):
+        for word, weight in weights.items():
+            ids = [tuple(tokenizer.phone_ids(p)) for p in (tokenizer.pronunciations(word) if word else [])]
+            if weight > 0 and ids:
+                spellings[word] = ids
+        return spellings
+    if not isinstance(tokenizer, CharTokenizer):
+        raise ValueError("a word lexicon LM needs a character tokenizer or phones, not word pieces")
+    ids = {c: tokenizer.symbols.index(c) for c in tokenizer.characters if c != " "}
+    for word, weight in weights.items():
+        if word and weight > 0 and set(word) <= ids.keys():
+            spellings[word] = [tuple(ids[c] for c in word)]
+    return spellings
+
+
+class _Tables(NamedTuple):
+    scores: torch.Tensor  # (nodes + 1, V) float32
+    transitions: torch.Tensor  # (nodes + 1, V) int32
+    node_word: torch.Tensor  # (nodes + 1,) the most probable word ending at each node, or -1
+    node_words: dict[int, list[int]]  # nodes where several words end (homophones), most probable first
+    node_log_probs: list[float]  # log p of the words ending at each node, as the tables score them
+
+
+def _tables(entries, word_log_probs, tokenizer, space, oov_log_prob: float, word_penalty: float) -> _Tables:
+    """Score and transition tables of the prefix tree of `entries` (word index, token ids), most
+    probable word first; row `nodes` is the out-of-lexicon state."""
+    children: list[dict[int, int]] = [{}]
+    end = [0.0]  # probability of the words ending at each node (0: none)
+    ending: dict[int, list[int]] = {}  # node -> indices of the words that end there
+    for index, spelling in entries:
         node = 0
-        for char in word:
-            child = children[node].get(char)
+        for token in spelling:
+            child = children[node].get(token)
             if child is None:
                 child = len(children)
-                children[node][char] = child
+                children[node][token] = child
                 children.append({})
                 end.append(0.0)
             node = child
-        end[node] += math.exp(log_prob)
-        ending[node] = index
+        if index not in ending.setdefault(node, []):
+            end[node] += math.exp(word_log_probs[index])
+            ending[node].append(index)
     nodes = len(children)
     below = list(end)  # probability mass of the words below each node; children come after parents
     for node in range(nodes - 1, 0, -1):
@@ -223,22 +287,19 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
     below_log = torch.tensor(below, dtype=torch.float64).log()
     end_log = torch.tensor(end, dtype=torch.float64).log()  # -inf where no word ends
 
-    vocab, oov = tokenizer.vocab_size, nodes
-    space = tokenizer.symbols.index(" ") if " " in tokenizer.characters else None
-    eos = tokenizer.eos_id
+    vocab, oov, eos = tokenizer.vocab_size, nodes, tokenizer.eos_id
     scores = torch.empty(nodes + 1, vocab, dtype=torch.float64)
     transitions = torch.full((nodes + 1, vocab), oov, dtype=torch.int32)
-    scores[:nodes] = (oov_log_prob - below_log)[:, None]  # every letter leaves the lexicon ...
-    ids = {char: tokenizer.symbols.index(char) for char in tokenizer.characters}
-    parents, letters, targets = [], [], []
+    scores[:nodes] = (oov_log_prob - below_log)[:, None]  # every unit leaves the lexicon ...
+    parents, units, targets = [], [], []
     for node, edges in enumerate(children):
-        for char, child in edges.items():
+        for token, child in edges.items():
             parents.append(node)
-            letters.append(ids[char])
+            units.append(token)
             targets.append(child)
-    parents, letters, targets = (torch.tensor(x, dtype=torch.long) for x in (parents, letters, targets))
-    scores[parents, letters] = below_log[targets] - below_log[parents]  # ... unless it has the child
-    transitions[parents, letters] = targets.int()
+    parents, units, targets = (torch.tensor(x, dtype=torch.long) for x in (parents, units, targets))
+    scores[parents, units] = below_log[targets] - below_log[parents]  # ... unless it has the child
+    transitions[parents, units] = targets.int()
     scores[oov] = 0.0  # the out-of-lexicon word was paid for when it left the lexicon
     known = torch.isfinite(end_log)
     word_end = torch.where(known, end_log, torch.full_like(end_log, oov_log_prob)) - below_log - word_penalty
@@ -254,8 +315,14 @@ def _tables(log_probs: dict[str, float], tokenizer: CharTokenizer, oov_log_prob:
     scores[:, tokenizer.blank_id] = NEG_INF  # never a text token
     transitions[:, tokenizer.blank_id] = 0
     node_word = torch.full((nodes + 1,), -1, dtype=torch.long)
-    node_word[list(ending)] = torch.tensor(list(ending.values()), dtype=torch.long)
-    return scores.float(), transitions, node_word
+    for node, words in ending.items():
+        words.sort(key=lambda index: -word_log_probs[index])
+        node_word[node] = words[0]
+    # the unigram log p the tables give a word end: relative to the whole tree's mass (for phones,
+    # a word with two pronunciations is two entries)
+    node_log_probs = (end_log - below_log[0]).tolist()
+    homophones = {node: words for node, words in ending.items() if len(words) > 1}
+    return _Tables(scores.float(), transitions, node_word, homophones, node_log_probs)
 
 
 def read_lexicon(path: str | os.PathLike) -> dict[str, float]:

@@ -86,7 +86,7 @@ def test_a_heavy_lexicon_fusion_spells_only_lexicon_words():
 
 def test_a_word_piece_model_or_an_empty_lexicon_is_refused_with_the_reason():
     pieces = SentencePieceTokenizer.train(["bad cafe head a bed be"] * 20, vocab_size=20)
-    with pytest.raises(ValueError, match="character tokenizer"):
+    with pytest.raises(ValueError, match="character tokenizer or phones"):
         WordLookaheadLM(LEXICON, pieces)
     with pytest.raises(ValueError, match="no word"):
         WordLookaheadLM({"xyz": 1.0}, TOKENIZER)

@@ -29,6 +29,7 @@ from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
 from asr.model import LAS, ModelConfig
+from asr.phone_tokenizer import PhoneTokenizer
 from asr.sentencepiece_tokenizer import SentencePieceTokenizer
 from asr.tokenizer import CharTokenizer, tokenizer_from_dict
 from asr.train import OptimizerOptions, Stopped, TrainerOptions, TrainingError, fit
@@ -37,12 +38,15 @@ log = logging.getLogger("asr.train")
 
 
 def build_tokenizer(texts: list[str], type: str = "char", vocab_size: int = 500, model_type: str = "bpe"):
-    """Characters, or sentencepiece pieces trained on `texts` (`vocab_size`, `model_type` bpe | unigram)."""
+    """Characters, sentencepiece pieces trained on `texts` (`vocab_size`, `model_type` bpe | unigram), or
+    CMUdict phones (English; words come back through the pronunciation lexicon)."""
     if type == "char":
         return CharTokenizer.build(texts)
+    if type == "phones":
+        return PhoneTokenizer.build(texts)
     if type == "sentencepiece":
         return SentencePieceTokenizer.train(texts, vocab_size=vocab_size, model_type=model_type)
-    raise ValueError(f"unknown tokenizer type {type!r}; expected 'char' or 'sentencepiece'")
+    raise ValueError(f"unknown tokenizer type {type!r}; expected 'char', 'sentencepiece' or 'phones'")
 
 
 def resumed_tokenizer(config: DictConfig):

@@ -19,7 +19,7 @@ import lhotse
 import torch
 
 from asr.checkpoint import load_model
-from asr.decoding import DecodingOptions, search
+from asr.decoding import DecodingOptions, hypothesis_text, search
 from asr.metrics import char_errors, word_errors
 from asr.text import normalize_text
 
@@ -87,7 +87,7 @@ def main() -> int:
         texts = []
         for output in encoded:
             texts += [
-                tokenizer.decode(nbest[0].tokens)
+                hypothesis_text(nbest[0], tokenizer)
                 for nbest in search(model, output, options, language_models[penalty])
             ]
         words, chars = word_errors(references, texts), char_errors(references, texts)
