@@ -2,15 +2,20 @@
 
 import math
 
+import numpy as np
 import pytest
+import soundfile
 import torch
 
+from asr.checkpoint import load_model, model_state, save_checkpoint
+from asr.cli.transcribe import main as transcribe_main
 from asr.decoding import DecodingOptions, hypothesis_text, search
 from asr.features import FeatureConfig, SpecAugmentConfig
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from asr.phone_tokenizer import PhoneTokenizer, read_cmudict
 from asr.tokenizer import tokenizer_from_dict
-from asr.word_lm import NGramScorer, WordLookaheadLM
+from asr.word_lm import NGramScorer, WordLookaheadLM, write_lexicon
+from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,3 +169,23 @@ def test_beam_search_with_the_lexicon_returns_words_of_the_lexicon(tokenizer):
             assert set(hypothesis.text.split()) <= {"the", "to", "two", "cat"}
     plain = search(model, encoded, DecodingOptions(beam_size=4), None)
     assert all(h.text is None for nbest in plain for h in nbest)
+
+
+def test_a_phone_model_transcribes_words_with_and_without_the_lexicon(tmp_path, capsys, tokenizer):
+    torch.manual_seed(0)
+    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size))
+    with torch.no_grad():
+        model.decoder.output.bias[tokenizer.eos_id] += 3.0  # keep the random model's outputs short
+    save_checkpoint(model_state(model, tokenizer), tmp_path / "phones.pt")
+    _, loaded = load_model(tmp_path / "phones.pt")  # weights_only: the lexicon is plain text
+    assert isinstance(loaded, PhoneTokenizer) and loaded.lexicon == tokenizer.lexicon
+    wave = np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)
+    soundfile.write(tmp_path / "a.flac", wave, 8000)
+    lexicon = tmp_path / "lexicon.tsv"
+    write_lexicon({"the": 3.0, "to": 5.0, "cat": 2.0}, lexicon)
+    for extra in ([], ["--lm", str(lexicon), "--lm-weight", "1.0", "--word-penalty", "1"]):
+        common = ["--model", str(tmp_path / "phones.pt"), "--beam-size", "3", "--ctc-weight", "0.3"]
+        assert transcribe_main([*common, *extra, str(tmp_path / "a.flac")]) == 0
+        ((_, text),) = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        words = set(tokenizer.lexicon) if not extra else {"the", "to", "cat"}
+        assert set(text.split()) <= words  # words, never phones
