@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from asr.features import sequence_mask
+from asr.model.recurrence import rnn_precision
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,13 @@ class BiLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, full_length: bool = False) -> torch.Tensor:
         """x : (B, T, D) -> (B, T, 2H), zero beyond `lengths`; full_length: every length is T."""
+        precision, x = rnn_precision(x)
         if full_length:
-            return self._bidirectional(x)
-        forward_output, _ = self.forward_lstm(x)
-        backward_output, _ = self.backward_lstm(reverse_padded(x, lengths))
+            with precision:
+                return self._bidirectional(x)
+        with precision:
+            forward_output, _ = self.forward_lstm(x)
+            backward_output, _ = self.backward_lstm(reverse_padded(x, lengths))
         output = torch.cat([forward_output, reverse_padded(backward_output, lengths)], dim=-1)
         return output * sequence_mask(lengths, x.shape[1])[..., None].to(output.dtype)
 

@@ -12,6 +12,8 @@ The cells compute what `nn.LSTMCell` and `nn.GRUCell` compute, up to floating-po
 (`tests/test_speed_paths.py`), and read those modules' own parameters.
 """
 
+import contextlib
+import functools
 import warnings
 
 import torch
@@ -194,6 +196,20 @@ def loop_cell(cell: nn.Module, known: torch.Tensor | None, steps: int, batch: in
     raise TypeError(f"no loop form for {type(cell).__name__}")
 
 
+@functools.cache
+def _onednn_bf16_supported() -> bool:
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def rnn_precision(x: torch.Tensor):
+    """(context, x) for an LSTM/GRU call on `x`: CPU bf16 autocast sends recurrent layers to oneDNN
+    in bf16, which a CPU without bf16 instructions (no AVX-512) cannot run ("could not create a
+    primitive descriptor for the LSTM forward propagation primitive"); there they run in fp32."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not _onednn_bf16_supported():
+        return torch.autocast("cpu", enabled=False), x.float()
+    return contextlib.nullcontext(), x
+
+
 def run_cells(cells: nn.ModuleList, inputs: torch.Tensor, states, dropout: float, training: bool):
     """Step a stack of LSTM or GRU cells over a whole sequence in one fused nn.LSTM/nn.GRU call.
 
@@ -202,12 +218,13 @@ def run_cells(cells: nn.ModuleList, inputs: torch.Tensor, states, dropout: float
     The call reads the cells' own parameters, so it computes what a loop over them computes.
     """
     weights = [p for cell in cells for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)]
-    hidden = torch.stack([state[0] for state in states])  # (layers, B, H)
-    with warnings.catch_warnings():
+    precision, inputs = rnn_precision(inputs)
+    hidden = torch.stack([state[0] for state in states]).to(inputs.dtype)  # (layers, B, H)
+    with precision, warnings.catch_warnings():
         # cuDNN copies the cells' separate weights into one buffer at every call, and warns each time
         warnings.filterwarnings("ignore", message=".*single contiguous chunk of memory.*")
         if isinstance(cells[0], nn.LSTMCell):
-            cell = torch.stack([state[1] for state in states])
+            cell = torch.stack([state[1] for state in states]).to(inputs.dtype)
             outputs, _, _ = torch._VF.lstm(
                 inputs, (hidden, cell), weights, True, len(cells), dropout, training, False, False
             )
