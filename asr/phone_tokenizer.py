@@ -52,8 +52,7 @@ class PhoneTokenizer(IdLayout):
 
     def __init__(self, lexicon: dict[str, list[str]]):
         """`lexicon`: word -> its pronunciations (phones separated by spaces), most frequent word first."""
-        self.characters = [*PHONES, " "]
-        self.symbols = [BLANK, UNKNOWN, *self.characters, SOS_EOS]
+        self.symbols = [BLANK, UNKNOWN, *PHONES, " ", SOS_EOS]
         self._ids = {p: i for i, p in enumerate(self.symbols) if 2 <= i < len(self.symbols) - 1}
         self.space_id = self._ids[" "]
         self.lexicon = {}

@@ -23,6 +23,10 @@ The scores of a word's characters and its end sum to log p(w), or log p_oov, so 
 `lm_weight * log p(word)` per word, but a hypothesis already pays for a rare or impossible prefix
 while it is being spelled, before the beam would otherwise drop the right word.
 
+With a phone model (`asr/phone_tokenizer.py`) the tree is built over each word's pronunciations
+instead of its letters; words that sound alike end at one node, and the n-gram model, given the
+history, chooses which of them the hypothesis wrote (`text_of`).
+
 All transitions and scores are two dense (nodes + 1) x V tables, so a search step is two gathers
 for every hypothesis at once; the object has the interface of `asr.lm.LSTMLanguageModel`
 (`initial_state`, `step`, `select_state`) and plugs into `asr.decoding.search` unchanged.
