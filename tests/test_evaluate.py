@@ -196,7 +196,7 @@ def test_segment_diagnostics_are_combined_by_steps():
         ([], "have no reference (give --ref FILE)"),
         (["--ref", "{tmp}/missing.txt"], "missing.txt"),
         (["--ref", "{tmp}/partial.txt"], "1 of 2 recordings have no reference"),
-        (["--beam-size", "0"], "beam_size must be at least 1"),
+        (["--beam-size", "0"], "--beam-size must be at least 1"),
         (["--stuck-steps", "1"], "--stuck-steps"),
     ],
 )

@@ -24,7 +24,13 @@ from tqdm import tqdm
 from asr.checkpoint import CheckpointError, load_model
 
 # One device syntax for both commands: auto, cpu, cuda, cuda:N.
-from asr.cli.transcribe import DEFAULT_LM_WEIGHT, _load_language_model, _resolve_device, _UsageError
+from asr.cli.transcribe import (
+    DEFAULT_LM_WEIGHT,
+    _load_language_model,
+    _resolve_device,
+    _UsageError,
+    decoding_options,
+)
 from asr.decoding import DecodingOptions
 from asr.diagnostics import DEFINITIONS, FLAGS, STUCK_STEPS
 from asr.evaluation import (
@@ -252,30 +258,9 @@ def _set_up(args: argparse.Namespace, report_error) -> _Setup:
 
 def _check_arguments(args: argparse.Namespace):
     """(DecodingOptions, torch.device) from the arguments; raises _UsageError."""
-    if args.batch_size < 1:
-        raise _UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_batch_seconds <= 0:
-        raise _UsageError(f"--max-batch-seconds must be positive, got {args.max_batch_seconds}")
     if args.stuck_steps < 2:
         raise _UsageError(f"--stuck-steps must be at least 2, got {args.stuck_steps}")
-    # 0.04 s is four 10 ms energy frames: the least the segmenter can cut at a pause.
-    if args.max_segment_seconds is not None and args.max_segment_seconds < 0.04:
-        raise _UsageError(f"--max-segment-seconds must be at least 0.04, got {args.max_segment_seconds}")
-    if args.lm_weight is not None and args.lm is None:
-        raise _UsageError("--lm-weight needs --lm")
-    if (args.word_penalty or args.ngram) and args.lm is None:
-        raise _UsageError("--word-penalty and --ngram need --lm (a word lexicon)")
-    lm_weight = 0.0 if args.lm is None else DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
-    try:
-        options = DecodingOptions(
-            beam_size=args.beam_size,
-            ctc_weight=args.ctc_weight,
-            lm_weight=lm_weight,
-            length_bonus=args.length_bonus,
-        )
-    except ValueError as error:  # DecodingOptions checks its own ranges
-        raise _UsageError(str(error)) from None
-    return options, _resolve_device(args.device)
+    return decoding_options(args), _resolve_device(args.device)
 
 
 def _edges(text: str) -> list[float]:

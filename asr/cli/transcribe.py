@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _set_up(args: argparse.Namespace) -> _Setup:
     """Check the arguments, load the model (and LM), open the outputs; raises _UsageError."""
-    _check_numbers(args)
+    options = decoding_options(args)
     device = _resolve_device(args.device)
     try:
         # The raw dict is read for the training metadata that load_model does not return.
@@ -209,17 +209,6 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     except CheckpointError as error:
         raise _UsageError(str(error)) from None
     language_model = _load_language_model(args, model, tokenizer, device)
-    option_values = {
-        "beam_size": args.beam_size,
-        "ctc_weight": args.ctc_weight,
-        "length_bonus": args.length_bonus,
-    }
-    if language_model is not None:
-        option_values["lm_weight"] = DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
-    try:
-        options = DecodingOptions(**option_values)
-    except ValueError as error:  # DecodingOptions checks its own ranges
-        raise _UsageError(str(error)) from None
     decode_texts = model_decoder(model, tokenizer, options, language_model, device)
     max_segment_seconds = args.max_segment_seconds
     if max_segment_seconds is None:
@@ -237,7 +226,9 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     )
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def decoding_options(args: argparse.Namespace) -> DecodingOptions:
+    """The search options from the arguments asr-transcribe and asr-evaluate share, after checking
+    them and the batching arguments; raises _UsageError."""
     if args.beam_size < 1:
         raise _UsageError(f"--beam-size must be at least 1, got {args.beam_size}")
     if args.batch_size < 1:
@@ -253,6 +244,16 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise _UsageError("--lm-weight needs --lm")
     if (args.word_penalty or args.ngram) and args.lm is None:
         raise _UsageError("--word-penalty and --ngram need --lm (a word lexicon)")
+    lm_weight = 0.0 if args.lm is None else DEFAULT_LM_WEIGHT if args.lm_weight is None else args.lm_weight
+    try:
+        return DecodingOptions(
+            beam_size=args.beam_size,
+            ctc_weight=args.ctc_weight,
+            lm_weight=lm_weight,
+            length_bonus=args.length_bonus,
+        )
+    except ValueError as error:  # DecodingOptions checks its own ranges
+        raise _UsageError(str(error)) from None
 
 
 def _resolve_device(name: str) -> torch.device:
