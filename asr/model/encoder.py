@@ -61,10 +61,9 @@ class BiLSTM(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, full_length: bool = False) -> torch.Tensor:
         """x : (B, T, D) -> (B, T, 2H), zero beyond `lengths`; full_length: every length is T."""
         precision, x = rnn_precision(x)
-        if full_length:
-            with precision:
-                return self._bidirectional(x)
         with precision:
+            if full_length:
+                return self._bidirectional(x)
             forward_output, _ = self.forward_lstm(x)
             backward_output, _ = self.backward_lstm(reverse_padded(x, lengths))
         output = torch.cat([forward_output, reverse_padded(backward_output, lengths)], dim=-1)
