@@ -40,8 +40,11 @@ from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelC
 from asr.model.encoder import BiLSTM  # noqa: E402
 
 
-def contract_model(cfg, input_feeding: bool = True) -> LAS:
-    """Our LAS at the contract's sizes (contract.md section 2); input_feeding=False is our fast variant."""
+def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0) -> LAS:
+    """Our LAS at the contract's sizes (contract.md section 2); the defaults are the contract's model.
+
+    input_feeding=False and pyramid_projection > 0 are the fast configuration's changes (other models).
+    """
     torch.manual_seed(cfg["model_seed"])
     config = ModelConfig(
         vocab_size=cfg["vocab"],  # 0 blank, 1..V-2 units, V-1 sos/eos: the contract's layout
@@ -54,6 +57,7 @@ def contract_model(cfg, input_feeding: bool = True) -> LAS:
             num_pyramid_levels=cfg["enc_pyramid"],
             ctc_level=2,
             dropout=0.0,
+            pyramid_projection=pyramid_projection,
         ),
         attention=AttentionConfig(
             type="location",
@@ -100,8 +104,8 @@ def step_by_step_paths(model: LAS):
         use_fast_paths(model)
 
 
-def build_train(cfg, batch, input_feeding: bool = True):
-    model = contract_model(cfg, input_feeding).train()
+def build_train(cfg, batch, **variant):
+    model = contract_model(cfg, **variant).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     feats, feat_lens, text, text_lens = batch
 
@@ -118,7 +122,7 @@ def build_train(cfg, batch, input_feeding: bool = True):
         fwd=lambda: count_flops_forward(model, batch),
         roots=[model],
         params=sum(p.numel() for p in model.parameters()),
-        note="asr.model.LAS" + ("" if input_feeding else " without input feeding"),
+        note=" ".join(["asr.model.LAS", *(f"{key}={value}" for key, value in variant.items())]),
     )
 
 
@@ -127,8 +131,8 @@ def count_flops_forward(model: LAS, batch):
         return model.loss_from_features(*batch)
 
 
-def build_decoders(cfg, feats, input_feeding: bool = True):
-    model = contract_model(cfg, input_feeding).eval()
+def build_decoders(cfg, feats, **variant):
+    model = contract_model(cfg, **variant).eval()
     with torch.no_grad():
         model.decoder.output.bias[cfg["sos_eos"]] = -1e4  # untrained: never stop early (contract section 4)
     lengths = torch.tensor([feats.shape[1]])
@@ -148,14 +152,15 @@ def build_decoders(cfg, feats, input_feeding: bool = True):
     return dict(encode=encode, greedy=lambda: run(1), beam=lambda: run(cfg["beam"]), note="")
 
 
-def main(name: str = "team", input_feeding: bool = True):
+def main(name: str = "team", **variant):
+    """variant: keyword arguments of `contract_model` (none: the contract's model)."""
     arguments = common.parse_args("this toolkit's LAS (asr.model.LAS)")
     common.run_peer(
         name,
         {"asr": asr.__version__, "torch": torch.__version__},
         arguments,
-        lambda cfg, batch: build_train(cfg, batch, input_feeding),
-        lambda cfg, feats: build_decoders(cfg, feats, input_feeding),
+        lambda cfg, batch: build_train(cfg, batch, **variant),
+        lambda cfg, feats: build_decoders(cfg, feats, **variant),
     )
 
 

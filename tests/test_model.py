@@ -45,12 +45,15 @@ def test_concatenate_neighbours_keeps_an_odd_last_frame():
     assert lengths.tolist() == [3]
 
 
-@pytest.mark.parametrize("num_layers", [0, 2])
-def test_encoder_is_padding_invariant(num_layers):
+@pytest.mark.parametrize("num_layers, projection", [(0, 0), (2, 0), (0, 5), (2, 5)])
+def test_encoder_is_padding_invariant(num_layers, projection):
     torch.manual_seed(0)
-    encoder = PyramidalEncoder(
-        EncoderConfig(input_dim=4, hidden_dim=3, num_layers=num_layers, num_pyramid_levels=3, ctc_level=1)
-    ).eval()
+    config = EncoderConfig(
+        input_dim=4, hidden_dim=3, num_layers=num_layers, num_pyramid_levels=3, ctc_level=1,
+        pyramid_projection=projection,
+    )
+    encoder = PyramidalEncoder(config).eval()
+    assert sum(isinstance(p, torch.nn.Linear) for p in encoder.projections) == (3 if projection else 0)
     short, long = torch.randn(1, 13, 4), torch.randn(1, 40, 4)
     alone = encoder(short, torch.tensor([13]))
     batch = torch.cat([torch.nn.functional.pad(short, (0, 0, 0, 27), value=5.0), long])

@@ -22,6 +22,10 @@ class EncoderConfig:
     num_pyramid_levels: int = 3  # each one concatenates neighbouring frames: 2 ** levels time reduction
     ctc_level: int = 2  # the CTC head reads the output after this many pyramid levels (2 = 4x)
     dropout: float = 0.0  # between layers
+    # > 0: a pyramid level whose concatenated frames are wider than this first projects them to this
+    # width (a linear layer), so its BiLSTM's input products shrink (ESPnet's BLSTMP projects too).
+    # Fewer FLOPs, a different model; 0 = none (the LAS of Chan et al.).
+    pyramid_projection: int = 0
 
 
 class EncoderOutput(NamedTuple):
@@ -101,14 +105,22 @@ class PyramidalEncoder(nn.Module):
         super().__init__()
         if not 0 <= config.ctc_level <= config.num_pyramid_levels:
             raise ValueError(f"ctc_level must be in [0, {config.num_pyramid_levels}], got {config.ctc_level}")
+        if config.pyramid_projection < 0:
+            raise ValueError(f"pyramid_projection must be 0 (none) or positive, got {config.pyramid_projection}")
         self.config = config
         output_dim = 2 * config.hidden_dim
         input_dims = ([config.input_dim] + [output_dim] * (config.num_layers - 1))[: config.num_layers]
         self.layers = nn.ModuleList(BiLSTM(dim, config.hidden_dim) for dim in input_dims)
         first_pyramid_dim = 2 * (output_dim if config.num_layers else config.input_dim)
         pyramid_dims = [first_pyramid_dim] + [2 * output_dim] * (config.num_pyramid_levels - 1)
+        pyramid_dims = pyramid_dims[: config.num_pyramid_levels]
+        width = config.pyramid_projection
+        # nn.Identity has no parameters: without projections the checkpoint keys stay as they were
+        self.projections = nn.ModuleList(
+            nn.Linear(dim, width) if 0 < width < dim else nn.Identity() for dim in pyramid_dims
+        )
         self.pyramid = nn.ModuleList(
-            BiLSTM(dim, config.hidden_dim) for dim in pyramid_dims[: config.num_pyramid_levels]
+            BiLSTM(min(dim, width) if width > 0 else dim, config.hidden_dim) for dim in pyramid_dims
         )
         self.dropout = nn.Dropout(config.dropout)
 
@@ -135,9 +147,10 @@ class PyramidalEncoder(nn.Module):
         for layer in self.layers:
             x = self.dropout(layer(x, lengths, full_length))
         ctc_output, ctc_lengths = x, lengths
-        for level, layer in enumerate(self.pyramid, start=1):
+        for level, (projection, layer) in enumerate(zip(self.projections, self.pyramid), start=1):
             x, lengths = concatenate_neighbours(x, lengths)
-            x = self.dropout(layer(x, lengths, full_length))
+            # a projection's bias reaches padded frames, but the BiLSTM never reads them into a valid one
+            x = self.dropout(layer(projection(x), lengths, full_length))
             if level == self.config.ctc_level:
                 ctc_output, ctc_lengths = x, lengths
         return EncoderOutput(x, lengths, ctc_output, ctc_lengths)

@@ -32,11 +32,12 @@ while [ $# -gt 0 ]; do
 done
 data_dir=exp/kathleen/data
 beam_size=20
-# tuned on dev with recipes/kathleen/tune_decoding.py for the phone model (README); for a character
-# model (-- tokenizer.type=char) the README's settings were CTC 0.5, LM 0.45, penalty 3.5, bonus 1.0
+# tuned on dev with recipes/kathleen/tune_decoding.py for the 42-epoch phone model (README: the
+# middle of a plateau, not the single best); for a character model (-- tokenizer.type=char) the
+# README's settings were CTC 0.5, LM 0.45, penalty 3.5, bonus 1.0
 ctc_weight=0.7
 lm_weight=0.3      # the word LM (lexicon + trigram)
-word_penalty=15    # per word (inside the LM score, so x lm_weight), against splitting words
+word_penalty=12    # per word (inside the LM score, so x lm_weight), against splitting words
 length_bonus=0.0   # per output unit
 char_lm_weight=0.2
 start=$SECONDS
