@@ -386,7 +386,7 @@ def fit(
     if options.bf16 and options.bf16_cpu and process.device.type == "cpu" and not cpu_has_fast_bf16():
         log.warning(
             "trainer.bf16_cpu=true on a CPU without native bf16 (AVX512-BF16 or AMX): oneDNN emulates "
-            "it, and training is slower than in fp32 (2-3x measured on an AVX2 machine)"
+            "it, and training is slower than in fp32 (3x measured on an AVX2 machine)"
         )
     run = Run(model, model, optimizer, scheduler, process, StopSignals())
     if options.resume and last_path.exists():

@@ -8,7 +8,7 @@ Three changes, each a Hydra option of the toolkit (the recipe's WER with them is
   (`model.encoder.pyramid_projection=256`), which cuts the listener's input products by 2.7x;
 - on a CPU with native bf16 (AVX512-BF16 or AMX), bf16 autocast (the harness's `--bf16`: matmuls,
   LSTMs and convolutions in bfloat16, weights and optimiser in fp32; `trainer.bf16_cpu=true`).
-  Without it oneDNN emulates bf16 and a step takes 2-3x longer than in fp32, so it runs in fp32.
+  Without it oneDNN emulates bf16 and a step takes about 3x longer than in fp32, so it runs in fp32.
 
 Everything else is `peer_team.py`'s. `--projection N` (0: none), `--fp32` and `--bf16` time other
 combinations:
