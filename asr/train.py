@@ -45,6 +45,7 @@ from asr.diagnostics import attention_diagnostics, attention_figure, summarise
 from asr.distributed import Process, StopSignals, any_rank, resolve_device, sum_over_ranks
 from asr.features import FeatureStatistics
 from asr.metrics import word_errors
+from asr.model.recurrence import cpu_has_fast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,6 @@ class Run:
     process: Process
     signals: StopSignals
     writer: SummaryWriter | None = None  # rank 0 only
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX), not by emulation."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, final_ratio: float):

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_team  # noqa: E402
 
-from asr.train import cpu_has_fast_bf16  # noqa: E402
+from asr.model.recurrence import cpu_has_fast_bf16  # noqa: E402
 
 
 def take_option(name: str, default: str | None) -> str | None:

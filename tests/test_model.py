@@ -49,7 +49,11 @@ def test_concatenate_neighbours_keeps_an_odd_last_frame():
 def test_encoder_is_padding_invariant(num_layers, projection):
     torch.manual_seed(0)
     config = EncoderConfig(
-        input_dim=4, hidden_dim=3, num_layers=num_layers, num_pyramid_levels=3, ctc_level=1,
+        input_dim=4,
+        hidden_dim=3,
+        num_layers=num_layers,
+        num_pyramid_levels=3,
+        ctc_level=1,
         pyramid_projection=projection,
     )
     encoder = PyramidalEncoder(config).eval()

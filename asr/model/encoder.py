@@ -106,7 +106,7 @@ class PyramidalEncoder(nn.Module):
         if not 0 <= config.ctc_level <= config.num_pyramid_levels:
             raise ValueError(f"ctc_level must be in [0, {config.num_pyramid_levels}], got {config.ctc_level}")
         if config.pyramid_projection < 0:
-            raise ValueError(f"pyramid_projection must be 0 (none) or positive, got {config.pyramid_projection}")
+            raise ValueError(f"pyramid_projection must be 0 (none) or more: {config.pyramid_projection}")
         self.config = config
         output_dim = 2 * config.hidden_dim
         input_dims = ([config.input_dim] + [output_dim] * (config.num_layers - 1))[: config.num_layers]
@@ -147,7 +147,8 @@ class PyramidalEncoder(nn.Module):
         for layer in self.layers:
             x = self.dropout(layer(x, lengths, full_length))
         ctc_output, ctc_lengths = x, lengths
-        for level, (projection, layer) in enumerate(zip(self.projections, self.pyramid), start=1):
+        levels = zip(self.projections, self.pyramid, strict=True)
+        for level, (projection, layer) in enumerate(levels, start=1):
             x, lengths = concatenate_neighbours(x, lengths)
             # a projection's bias reaches padded frames, but the BiLSTM never reads them into a valid one
             x = self.dropout(layer(projection(x), lengths, full_length))

@@ -197,7 +197,8 @@ def loop_cell(cell: nn.Module, known: torch.Tensor | None, steps: int, batch: in
 
 
 @functools.cache
-def _onednn_bf16_supported() -> bool:
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX), not by emulation."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -205,7 +206,7 @@ def rnn_precision(x: torch.Tensor):
     """(context, x) for an LSTM/GRU call on `x`: CPU bf16 autocast sends recurrent layers to oneDNN
     in bf16, which a CPU without bf16 instructions (no AVX-512) cannot run ("could not create a
     primitive descriptor for the LSTM forward propagation primitive"); there they run in fp32."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not _onednn_bf16_supported():
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not cpu_has_fast_bf16():
         return torch.autocast("cpu", enabled=False), x.float()
     return contextlib.nullcontext(), x
 
