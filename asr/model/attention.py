@@ -54,6 +54,15 @@ class Attention(nn.Module):
         """`forward` after the query projection: projected_query (B, attention_dim) -> context, weights."""
         raise NotImplementedError
 
+    # True where the context is the weights' sum of memory frames (einsum "bt,bte->be") and
+    # `attend_weights` gives the weights alone: a caller whose contexts do not feed back into the
+    # next step can then form all steps' contexts in one batched product.
+    weights_then_context = False
+
+    def attend_weights(self, projected_query, keys, mask, previous_weights):
+        """`attend` without the context: weights (B, T). Only where `weights_then_context`."""
+        raise NotImplementedError
+
 
 class DotProductAttention(Attention):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V, with Q = W_q s, K = W_k h, V = h.
@@ -123,16 +132,26 @@ class AdditiveAttention(Attention):
     def forward(self, query, keys, memory, mask, previous_weights):
         return self.weigh(self.energies(query, keys, previous_weights), memory, mask)
 
+    weights_then_context = True
+
     def attend(self, projected_query, keys, memory, mask, previous_weights):
-        return self.weigh(keys + projected_query[:, None, :], memory, mask)
+        weights = self.attend_weights(projected_query, keys, mask, previous_weights)
+        return torch.einsum("bt,bte->be", weights, memory), weights
+
+    def attend_weights(self, projected_query, keys, mask, previous_weights):
+        return self.normalise(keys + projected_query[:, None, :], mask)
 
     def weigh(self, energies, memory, mask):
         """energies (B, T, A), a fresh tensor that this overwrites -> context (B, E) and weights (B, T)."""
+        weights = self.normalise(energies, mask)
+        return torch.einsum("bt,bte->be", weights, memory), weights
+
+    def normalise(self, energies, mask):
+        """energies (B, T, A), a fresh tensor that this overwrites -> weights (B, T)."""
         # tanh in place and v^T as a matrix-vector product: nn.Linear's (B, T, A) -> (B, T, 1) path
         # and a second (B, T, A) buffer cost more than the arithmetic (a beam-search step of 160 rows)
         scores = energies.tanh_().matmul(self.score.weight.view(-1))  # (B, T)
-        weights = masked_softmax(scores, mask)
-        return torch.einsum("bt,bte->be", weights, memory), weights
+        return masked_softmax(scores, mask)
 
 
 class LocationAwareAttention(AdditiveAttention):
@@ -153,7 +172,7 @@ class LocationAwareAttention(AdditiveAttention):
         location = self.location_conv(previous_weights[:, None, :]).transpose(1, 2)  # (B, T, channels)
         return super().energies(query, keys, previous_weights) + self.location_projection(location)
 
-    def attend(self, projected_query, keys, memory, mask, previous_weights):
+    def attend_weights(self, projected_query, keys, mask, previous_weights):
         # The convolution as a product with each frame's window of K previous weights (zero beyond
         # the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a tiny conv.
         channels, _, width = self.location_conv.weight.shape
@@ -167,7 +186,7 @@ class LocationAwareAttention(AdditiveAttention):
             location.view(-1, channels),
             self.location_projection.weight.t(),
         )
-        return self.weigh(energies.view(batch, frames, dim), memory, mask)
+        return self.normalise(energies.view(batch, frames, dim), mask)
 
 
 def build_attention(config: AttentionConfig, query_dim: int, memory_dim: int) -> Attention:

@@ -188,6 +188,15 @@ class AttentionDecoder(nn.Module):
         order, because location-aware attention reads the previous weights.
         """
         queries = self.attention.query_projection(hidden)  # all steps in one GEMM
+        if self.attention.weights_then_context:
+            # the contexts do not feed back here: the weights step by step, then every step's
+            # context in one batched product (B, U, T) x (B, T, E), instead of one per step
+            weights, all_weights = initial_weights, []
+            for query in queries.unbind(0):
+                weights = self.attention.attend_weights(query, keys, mask, weights)
+                all_weights.append(weights)
+            weights = torch.stack(all_weights)  # (U, B, T)
+            return torch.bmm(weights.transpose(0, 1), memory).transpose(0, 1), weights
         weights, all_contexts, all_weights = initial_weights, [], []
         for query in queries.unbind(0):
             context, weights = self.attention.attend(query, keys, memory, mask, weights)
