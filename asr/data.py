@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchaudio
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
-from scipy.signal import butter, lfilter, sosfilt
+from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
 from asr.audio import limit_peak
 from asr.text import normalize_text
@@ -83,10 +83,41 @@ class AugmentConfig:
     max_tilt: float = 0.7  # a is drawn from [-max_tilt, max_tilt]: > 0 brightens, < 0 muffles
     lowpass_probability: float = 0.0  # share of utterances low-passed (band-limited microphones, codecs)
     min_lowpass_ratio: float = 0.5  # cutoff drawn from [min_lowpass_ratio, 0.95] x Nyquist
+    reverb_probability: float = 0.0  # share of utterances convolved with a synthetic room response
+    min_rt60: float = 0.1  # the room's reverberation time (60 dB decay), drawn from [min_rt60, max_rt60] s
+    max_rt60: float = 0.6
+    min_drr_db: float = 0.0  # direct-to-reverberant energy ratio, drawn from [min_drr_db, max_drr_db]
+    max_drr_db: float = 15.0
 
 
-def augment_waveform(wave: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random filtering, gain, then (with `config.noise_probability`) noise at a random SNR."""
+def synthetic_room_response(
+    rt60: float, drr_db: float, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A room impulse response: the direct path, then Gaussian noise decaying by 60 dB over `rt60`
+    seconds (Polack's statistical model), scaled so the tail has `drr_db` less energy than the direct path."""
+    length = max(1, int(rt60 * sample_rate))
+    decay = np.exp(-3 * np.log(10) * np.arange(length) / length)  # amplitude falls 60 dB over `length`
+    tail = rng.standard_normal(length) * decay
+    tail *= np.sqrt(10 ** (-drr_db / 10) / (np.sum(tail**2) + 1e-12))
+    tail[0] += 1.0
+    return tail
+
+
+def augment_waveform(
+    wave: np.ndarray, config: AugmentConfig, rng: np.random.Generator, sample_rate: int
+) -> np.ndarray:
+    """Random room and microphone filtering, gain, then (with `config.noise_probability`) noise at a
+    random SNR. `sample_rate` is the rate of `wave` (the room response's length is in seconds)."""
+    if rng.random() < config.reverb_probability and len(wave):
+        response = synthetic_room_response(
+            rng.uniform(config.min_rt60, config.max_rt60),
+            rng.uniform(config.min_drr_db, config.max_drr_db),
+            sample_rate,
+            rng,
+        )
+        level = np.sqrt(np.mean(wave**2)) + 1e-10
+        wave = fftconvolve(wave, response)[: len(wave)]  # the tail past the end is cut, as in a recording
+        wave *= level / (np.sqrt(np.mean(wave**2)) + 1e-10)
     if rng.random() < config.tilt_probability:
         tilt = rng.uniform(-config.max_tilt, config.max_tilt)
         wave = lfilter([1.0, -tilt], [1.0], wave) / (1 + abs(tilt))
@@ -206,7 +237,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         wave = limit_peak(wave)  # over-range float audio would overflow the float32 spectrum
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, zlib.crc32(cut.id.encode())])
-            wave = augment_waveform(wave, self.augment, rng)
+            wave = augment_waveform(wave, self.augment, rng, self.sample_rate)
         return wave.astype(np.float32)
 
     def __getitem__(self, cuts: lhotse.CutSet) -> Batch:

@@ -19,6 +19,7 @@ from asr.data import (
     augment_waveform,
     collate,
     make_loader,
+    synthetic_room_response,
 )
 from asr.features import FeatureConfig, LogMelFeatures
 from asr.tokenizer import CharTokenizer
@@ -71,10 +72,34 @@ def test_audio_cache_renders_strings_exactly_like_lhotse(clips, tokenizer):
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
     config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)
-    noisy = augment_waveform(wave, config, np.random.default_rng(1))
-    assert np.array_equal(noisy, augment_waveform(wave, config, np.random.default_rng(1)))
+    noisy = augment_waveform(wave, config, np.random.default_rng(1), 8000)
+    assert np.array_equal(noisy, augment_waveform(wave, config, np.random.default_rng(1), 8000))
     snr = 10 * np.log10(np.mean(wave**2) / np.mean((noisy - wave) ** 2))
     assert abs(snr - 10) < 0.5 and np.abs(noisy).max() <= 1.0
+
+
+def test_room_response_decays_over_rt60_with_the_drawn_direct_to_reverberant_ratio():
+    response = synthetic_room_response(0.4, 6.0, 8000, np.random.default_rng(0))
+    assert len(response) == 3200  # 0.4 s at 8 kHz
+    tail = response.copy()
+    tail[0] -= 1.0  # the direct path
+    assert abs(10 * np.log10(1.0 / np.sum(tail**2)) - 6.0) < 0.5
+    tenth = len(response) // 10
+    decay_db = 10 * np.log10(np.sum(tail[1:tenth] ** 2) / np.sum(tail[-tenth:] ** 2))
+    assert 40 < decay_db < 65  # 60 dB over the response, measured between its first and last tenths
+
+
+def test_reverberation_keeps_length_and_level_and_smears_an_impulse():
+    wave = np.zeros(8000, dtype=np.float32)
+    wave[1000] = 0.5
+    config = AugmentConfig(reverb_probability=1.0, noise_probability=0.0, min_gain_db=0, max_gain_db=0)
+    room = augment_waveform(wave, config, np.random.default_rng(3), 8000)
+    assert room.shape == wave.shape and room.dtype == np.float32
+    assert np.allclose(np.sqrt(np.mean(room**2)), np.sqrt(np.mean(wave**2)), rtol=1e-3)
+    assert np.abs(room[:1000]).max() < 1e-6  # causal: nothing before the impulse (FFT round-off only)
+    assert np.count_nonzero(np.abs(room[1001:]) > 1e-4) > 500  # the tail follows it
+    dry = AugmentConfig(reverb_probability=0.0, noise_probability=0.0, min_gain_db=0, max_gain_db=0)
+    assert np.array_equal(augment_waveform(wave, dry, np.random.default_rng(3), 8000), wave)
 
 
 def test_collate_pads_and_keeps_lengths():
