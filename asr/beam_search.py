@@ -109,10 +109,11 @@ class BatchBeamSearch:
         min_tokens = torch.ceil(lengths.double() * options.min_length_ratio - 1e-9).long()
         self.min_tokens = torch.minimum(min_tokens, self.max_tokens)
         rows = self.active.repeat_interleave(self.beam)
-        # the attention keys are projected once per utterance, then repeated for its beam
-        self.keys = self.decoder.attention.prepare(memory).index_select(0, rows)
-        self.memory = memory.index_select(0, rows)
-        self.mask = sequence_mask(lengths, memory.shape[1]).index_select(0, rows)
+        # the attention keys are projected once per utterance; the frames, keys and mask stay one
+        # per utterance, which the attention shares among the beam's rows (asr/model/attention.py)
+        self.keys = self.decoder.attention.prepare(memory)
+        self.memory = memory
+        self.mask = sequence_mask(lengths, memory.shape[1])
         self.decoder_state = self.decoder.initial_state(memory, lengths).select(rows)
         self.tokens = torch.full((batch * self.beam,), self.eos, device=device)  # sos
         # only slot 0 starts live, so the first step does not pick the same extension K times
@@ -121,7 +122,7 @@ class BatchBeamSearch:
         self.attention_scores = torch.zeros(batch, self.beam, dtype=torch.float64, device=device)
         self.lm_scores = torch.zeros_like(self.attention_scores)
         self.lm_state = lm.initial_state(batch * self.beam, device) if lm is not None else None
-        self.coverage = torch.zeros_like(self.mask, dtype=memory.dtype) if options.coverage_weight else None
+        self.coverage = torch.zeros_like(self.decoder_state.weights) if options.coverage_weight else None
         self.ctc = self.ctc_state = None
         if options.ctc_weight > 0:
             units = slice(1, self.vocab_size - 1)  # every id but blank and eos
@@ -294,15 +295,13 @@ class BatchBeamSearch:
 
     def _drop_utterances(self, keep: torch.Tensor) -> None:
         """Remove done utterances from the batch and frames that no remaining one has."""
-        beam = self.beam
         self.active = self.active.index_select(0, keep)
         self.max_tokens = self.max_tokens.index_select(0, keep)
         self.min_tokens = self.min_tokens.index_select(0, keep)
         frames = int(self.memory_lengths.index_select(0, self.active).max())
-        rows = (keep[:, None] * beam + torch.arange(beam, device=keep.device)).flatten()
-        self.keys = self.keys.index_select(0, rows)[:, :frames]
-        self.memory = self.memory.index_select(0, rows)[:, :frames]
-        self.mask = self.mask.index_select(0, rows)[:, :frames]
+        self.keys = self.keys.index_select(0, keep)[:, :frames]
+        self.memory = self.memory.index_select(0, keep)[:, :frames]
+        self.mask = self.mask.index_select(0, keep)[:, :frames]
         self.decoder_state = self.decoder_state._replace(weights=self.decoder_state.weights[:, :frames])
         if self.coverage is not None:
             self.coverage = self.coverage[:, :frames]

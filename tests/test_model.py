@@ -106,6 +106,53 @@ def test_every_attention_gives_a_distribution_over_valid_frames(kind, heads):
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
 
 
+@pytest.mark.parametrize("kind,heads", [("dot", 1), ("dot", 2), ("additive", 1), ("location", 1)])
+def test_attention_shares_one_utterance_among_several_query_rows(kind, heads):
+    """A beam search's layout: memory, keys and mask once per utterance, G query rows each."""
+    torch.manual_seed(0)
+    attention = build_attention(
+        AttentionConfig(type=kind, attention_dim=8, num_heads=heads, location_kernel_size=5),
+        query_dim=6,
+        memory_dim=10,
+    )
+    group = 3
+    memory = torch.randn(2, 7, 10)
+    mask = sequence_mask(torch.tensor([7, 4]), 7)
+    rows = torch.arange(2).repeat_interleave(group)
+    query = torch.randn(2 * group, 6)
+    previous = torch.softmax(torch.randn(2 * group, 7).masked_fill(~mask[rows], -math.inf), -1)
+    shared = attention(query, attention.prepare(memory), memory, mask, previous)
+    memory_per_row = memory[rows]
+    repeated = attention(query, attention.prepare(memory_per_row), memory_per_row, mask[rows], previous)
+    for got, expected in zip(shared, repeated, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected)
+    assert torch.all(shared[1][~mask[rows]] == 0)
+
+
+@pytest.mark.parametrize("kind", ["additive", "location"])
+def test_additive_and_location_attention_equal_their_formulas(kind):
+    """e_t = v^T tanh(W_k h_t + W_q s [+ W_f (F * a_prev)_t]), the convolution as nn.functional.conv1d."""
+    torch.manual_seed(0)
+    attention = build_attention(
+        AttentionConfig(type=kind, attention_dim=8, location_channels=3, location_kernel_size=5),
+        query_dim=6,
+        memory_dim=10,
+    )
+    memory, query = torch.randn(2, 7, 10), torch.randn(2, 6)
+    mask = sequence_mask(torch.tensor([7, 4]), 7)
+    previous = torch.softmax(torch.randn(2, 7).masked_fill(~mask, -math.inf), -1)
+    context, weights = attention(query, attention.prepare(memory), memory, mask, previous)
+    energies = attention.key_projection(memory) + attention.query_projection(query)[:, None, :]
+    if kind == "location":
+        features = torch.nn.functional.conv1d(previous[:, None], attention.location_conv.weight, padding=2)
+        energies = energies + attention.location_projection(features.transpose(1, 2))
+    scores = attention.score(torch.tanh(energies)).squeeze(-1)
+    expected = torch.softmax(scores.masked_fill(~mask, -math.inf), -1)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(context, (expected[..., None] * memory).sum(1))
+
+
 @pytest.mark.parametrize("attention", ["dot", "additive", "location"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_decoder_forward_equals_a_loop_of_step(attention, cell):

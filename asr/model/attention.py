@@ -12,6 +12,11 @@ together (`asr/model/recurrence.py`): `attention.query_projection` (an nn.Linear
 Anything that changes from step to step (the previous weights for location-awareness) is passed
 in and returned, never kept on the module (ESPnet's attention modules keep state between calls,
 which makes batched beam search error-prone).
+
+Queries may outnumber utterances: with B rows of memory, keys and mask and B x G rows of queries
+(and previous weights), the G consecutive query rows b*G .. b*G + G-1 all attend over utterance b.
+A beam search passes each utterance's frames once for its whole beam, so nothing of size (B*G, T, E)
+is copied per beam, and each context is one (G, T) x (T, E) product per utterance.
 """
 
 import math
@@ -31,12 +36,33 @@ class AttentionConfig:
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last axis with padded positions (mask False) set to exactly zero."""
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    """Softmax over the last axis with padded positions (mask False) set to exactly zero.
+
+    scores (B*G, ..., T) for mask (B, T): each mask row serves G consecutive score rows.
+    """
+    batch = mask.shape[0]
+    grouped = scores.view(batch, -1, *scores.shape[1:])  # (B, G, ..., T)
+    mask = mask.view(batch, 1, *[1] * (scores.dim() - 2), mask.shape[-1])
+    return torch.softmax(grouped.masked_fill(~mask, float("-inf")), dim=-1).view_as(scores)
+
+
+def weighted_sum(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Contexts sum_t w_t h_t: weights (B*G, T), memory (B, T, E) -> (B*G, E), one bmm for all rows."""
+    batch = memory.shape[0]
+    return torch.bmm(weights.view(batch, -1, weights.shape[-1]), memory).view(weights.shape[0], -1)
+
+
+def add_query(keys: torch.Tensor, projected_query: torch.Tensor) -> torch.Tensor:
+    """keys (B, T, A) + projected_query (B*G, A) -> a fresh (B*G, T, A): every row's keys plus its query."""
+    batch, frames, dim = keys.shape
+    return (keys[:, None] + projected_query.view(batch, -1, 1, dim)).view(-1, frames, dim)
 
 
 class Attention(nn.Module):
-    """The interface. `memory` is the listener output (B, T, E); `mask` (B, T) is True on valid frames."""
+    """The interface. `memory` is the listener output (B, T, E); `mask` (B, T) is True on valid frames.
+
+    Queries and previous weights have B x G rows (see the module docstring); G is 1 in training.
+    """
 
     def prepare(self, memory: torch.Tensor) -> torch.Tensor:
         """Encoder-side projection, computed once per utterance: (B, T, E) -> (B, T, attention_dim)."""
@@ -96,22 +122,23 @@ class DotProductAttention(Attention):
         return self.attend(self.query_projection(query), keys, memory, mask, previous_weights)
 
     def attend(self, projected_query, keys, memory, mask, previous_weights):
-        if self.num_heads == 1:
-            q = projected_query  # (B, A)
-            scores = torch.einsum("ba,bta->bt", q, keys) / math.sqrt(q.shape[-1])
-            weights = masked_softmax(scores, mask)
-            return torch.einsum("bt,bte->be", weights, memory), weights
         batch, frames, _ = memory.shape
+        rows = projected_query.shape[0]
+        if self.num_heads == 1:
+            q = projected_query.view(batch, -1, projected_query.shape[-1])  # (B, G, A)
+            scores = torch.bmm(q, keys.transpose(1, 2)).view(rows, frames) / math.sqrt(q.shape[-1])
+            weights = masked_softmax(scores, mask)
+            return weighted_sum(weights, memory), weights
         heads = self.num_heads
         attention_dim = self.query_projection.out_features
-        # (B, A) -> (B, heads, A/heads); keys (B, T, A + E) -> per-head keys and values
-        q = projected_query.view(batch, heads, -1)
+        # (B*G, A) -> (B, G, heads, A/heads); keys (B, T, A + E) -> per-head keys and values
+        q = projected_query.view(batch, -1, heads, attention_dim // heads)
         k = keys[..., :attention_dim].view(batch, frames, heads, -1)
         v = keys[..., attention_dim:].view(batch, frames, heads, -1)
-        scores = torch.einsum("bha,btha->bht", q, k) / math.sqrt(q.shape[-1])
-        head_weights = masked_softmax(scores, mask[:, None, :])  # (B, heads, T)
-        context = torch.einsum("bht,bthe->bhe", head_weights, v).reshape(batch, -1)
-        return self.output_projection(context), head_weights.mean(dim=1)
+        scores = torch.einsum("bgha,btha->bght", q, k) / math.sqrt(q.shape[-1])
+        head_weights = masked_softmax(scores.reshape(rows, heads, frames), mask)  # (B*G, heads, T)
+        context = torch.einsum("bght,bthe->bghe", head_weights.view(batch, -1, heads, frames), v)
+        return self.output_projection(context.reshape(rows, -1)), head_weights.mean(dim=1)
 
 
 class AdditiveAttention(Attention):
@@ -126,31 +153,30 @@ class AdditiveAttention(Attention):
     def prepare(self, memory):
         return self.key_projection(memory)
 
-    def energies(self, query, keys, previous_weights):
-        return keys + self.query_projection(query)[:, None, :]  # (B, T, A)
-
     def forward(self, query, keys, memory, mask, previous_weights):
-        return self.weigh(self.energies(query, keys, previous_weights), memory, mask)
+        return self.attend(self.query_projection(query), keys, memory, mask, previous_weights)
 
     weights_then_context = True
 
     def attend(self, projected_query, keys, memory, mask, previous_weights):
         weights = self.attend_weights(projected_query, keys, mask, previous_weights)
-        return torch.einsum("bt,bte->be", weights, memory), weights
+        return weighted_sum(weights, memory), weights
 
     def attend_weights(self, projected_query, keys, mask, previous_weights):
-        return self.normalise(keys + projected_query[:, None, :], mask)
-
-    def weigh(self, energies, memory, mask):
-        """energies (B, T, A), a fresh tensor that this overwrites -> context (B, E) and weights (B, T)."""
-        weights = self.normalise(energies, mask)
-        return torch.einsum("bt,bte->be", weights, memory), weights
+        return self.normalise(add_query(keys, projected_query), mask)
 
     def normalise(self, energies, mask):
-        """energies (B, T, A), a fresh tensor that this overwrites -> weights (B, T)."""
-        # tanh in place and v^T as a matrix-vector product: nn.Linear's (B, T, A) -> (B, T, 1) path
-        # and a second (B, T, A) buffer cost more than the arithmetic (a beam-search step of 160 rows)
-        scores = energies.tanh_().matmul(self.score.weight.view(-1))  # (B, T)
+        """energies (B*G, T, A), a fresh tensor that this overwrites -> weights (B*G, T).
+
+        v^T tanh(e) = 2 v^T sigmoid(2e) - sum(v), and a softmax over frames ignores a constant, so
+        the scores are 2 v^T sigmoid(2e): the same weights, to rounding (`tests/test_model.py`
+        checks them against tanh). PyTorch's CPU tanh is not vectorised like its sigmoid: on 2
+        threads it runs at 0.7 G values/s against 4.4, and it was the largest part of a beam
+        search step (160 rows x T frames x A per step).
+        """
+        # in place, and v^T as a matrix-vector product: nn.Linear's (B, T, A) -> (B, T, 1) path
+        # and a second (B, T, A) buffer cost more than the arithmetic
+        scores = energies.mul_(2).sigmoid_().matmul(2 * self.score.weight.view(-1))  # (B*G, T)
         return masked_softmax(scores, mask)
 
 
@@ -168,25 +194,20 @@ class LocationAwareAttention(AdditiveAttention):
         self.location_conv = nn.Conv1d(1, channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.location_projection = nn.Linear(channels, attention_dim, bias=False)
 
-    def energies(self, query, keys, previous_weights):
-        location = self.location_conv(previous_weights[:, None, :]).transpose(1, 2)  # (B, T, channels)
-        return super().energies(query, keys, previous_weights) + self.location_projection(location)
-
     def attend_weights(self, projected_query, keys, mask, previous_weights):
         # The convolution as a product with each frame's window of K previous weights (zero beyond
         # the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a tiny conv.
         channels, _, width = self.location_conv.weight.shape
         padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
-        windows = padded.unfold(1, width, 1)  # (B, T, K)
-        location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B, T, channels)
-        batch, frames, dim = keys.shape
-        # W_f location added inside the matrix product (addmm): one pass over (B, T, A) fewer
+        windows = padded.unfold(1, width, 1)  # (B*G, T, K)
+        location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B*G, T, channels)
+        energies = add_query(keys, projected_query)
+        rows, frames, dim = energies.shape
+        # W_f location added inside the matrix product (addmm): one pass over (B*G, T, A) fewer
         energies = torch.addmm(
-            (keys + projected_query[:, None, :]).view(-1, dim),
-            location.view(-1, channels),
-            self.location_projection.weight.t(),
+            energies.view(-1, dim), location.view(-1, channels), self.location_projection.weight.t()
         )
-        return self.normalise(energies.view(batch, frames, dim), mask)
+        return self.normalise(energies.view(rows, frames, dim), mask)
 
 
 def build_attention(config: AttentionConfig, query_dim: int, memory_dim: int) -> Attention:
