@@ -4,10 +4,13 @@
 
 Every search decodes the same fixed utterances twice: as one padded batch (`asr.decoding.decode`
 over all of them) and one utterance at a time, in the same run, so the ratio of the two is
-measured under the same load. Times include the encoder and the search (what `asr-transcribe`
-spends per batch) but not audio loading. Each figure is the median of `--repeats` runs after one
-untimed warm-up run per search; batched and one-at-a-time runs alternate, so that on a shared
-machine both see the same load.
+measured under the same load. The RTF and utterances/s figures include features, the encoder and
+the search (what `asr-transcribe` spends per batch) but not audio loading. The search alone is
+timed too (`asr.decoding.search` over encoder outputs computed beforehand, batched and one at a
+time): its speed-up is the one that batching the search itself gives, while the end-to-end one
+also holds the encoder's, which is smaller for a batch of mixed lengths (padding). Each figure is
+the median of `--repeats` runs after one untimed warm-up run per search; batched and
+one-at-a-time runs alternate, so that on a shared machine both see the same load.
 
 The utterances are the first `--num-utterances` test strings of the digits recipe by id
 (`asr-prepare digits` writes them to exp/digits/data/test/cuts.jsonl.gz) when that manifest
@@ -32,7 +35,7 @@ from pathlib import Path
 import torch
 
 from asr.checkpoint import load_model
-from asr.decoding import DecodingOptions, decode
+from asr.decoding import DecodingOptions, decode, search
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("exp/digits/data/test/cuts.jsonl.gz")
@@ -126,12 +129,16 @@ def pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def time_search(model, waves: list[torch.Tensor], options: DecodingOptions, repeats: int) -> dict:
-    """Seconds to decode every wave as one batch and one at a time, median over `repeats`.
+    """Seconds to decode every wave as one batch and one at a time, end to end and the search
+    alone, median over `repeats`.
 
-    Each repeat times both ways back to back, so that on a shared machine both see the same load,
-    and the speed-up is the median of the per-repeat ratios.
+    Each repeat times the four runs back to back, so that on a shared machine all see the same
+    load, and each speed-up is the median of the per-repeat ratios.
     """
     padded = pad(waves)
+    with torch.inference_mode():
+        encoded = model.encode(*padded)
+        encoded_one_by_one = [model.encode(*pad([wave])) for wave in waves]
 
     def batched() -> list:
         return decode(model, *padded, options)
@@ -139,21 +146,42 @@ def time_search(model, waves: list[torch.Tensor], options: DecodingOptions, repe
     def one_at_a_time() -> list:
         return [decode(model, *pad([wave]), options)[0] for wave in waves]
 
+    def search_batched() -> list:
+        return search(model, encoded, options)
+
+    def search_one_at_a_time() -> list:
+        return [search(model, output, options)[0] for output in encoded_one_by_one]
+
+    runs = {
+        "batched": batched,
+        "one_at_a_time": one_at_a_time,
+        "search_batched": search_batched,
+        "search_one_at_a_time": search_one_at_a_time,
+    }
     hypotheses = batched()  # warm-up: first-call allocations and kernel selection
-    one_at_a_time()
-    times = {"batched": [], "one_at_a_time": []}
+    for name, run in runs.items():
+        if name != "batched":
+            run()
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        for name, run in (("batched", batched), ("one_at_a_time", one_at_a_time)):
+        for name, run in runs.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    ratios = [single / batch for batch, single in zip(times["batched"], times["one_at_a_time"], strict=True)]
+
+    def speedup(prefix: str) -> float:
+        pairs = zip(times[f"{prefix}batched"], times[f"{prefix}one_at_a_time"], strict=True)
+        return statistics.median(single / batch for batch, single in pairs)
+
     return {
         "batched_seconds": statistics.median(times["batched"]),
         "one_at_a_time_seconds": statistics.median(times["one_at_a_time"]),
         "fastest_batched_seconds": min(times["batched"]),
         "fastest_one_at_a_time_seconds": min(times["one_at_a_time"]),
-        "speedup": statistics.median(ratios),
+        "speedup": speedup(""),
+        "search_batched_seconds": statistics.median(times["search_batched"]),
+        "search_one_at_a_time_seconds": statistics.median(times["search_one_at_a_time"]),
+        "search_speedup": speedup("search_"),
         "mean_output_tokens": statistics.mean(len(h.tokens) for h in hypotheses),
     }
 
@@ -175,14 +203,16 @@ def measure(model, waves: list[torch.Tensor], repeats: int) -> dict:
 
 def markdown_table(results: dict) -> str:
     lines = [
-        "| search | batched RTF | batched utt/s | one-at-a-time RTF | one-at-a-time utt/s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| search | batched RTF | batched utt/s | one-at-a-time RTF | one-at-a-time utt/s | speed-up "
+        "| search alone: batched s | one at a time s | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in results.items():
         lines.append(
             f"| {name} | {row['batched_rtf']:.4f} | {row['batched_utterances_per_second']:.1f} "
             f"| {row['one_at_a_time_rtf']:.4f} | {row['one_at_a_time_utterances_per_second']:.1f} "
-            f"| {row['speedup']:.1f}x |"
+            f"| {row['speedup']:.1f}x | {row['search_batched_seconds']:.3f} "
+            f"| {row['search_one_at_a_time_seconds']:.3f} | {row['search_speedup']:.1f}x |"
         )
     return "\n".join(lines)
 

@@ -65,6 +65,10 @@ def test_decode_speed_prints_a_table_and_the_figures(checkpoint):
         assert row["batched_rtf"] > 0 and row["one_at_a_time_rtf"] > 0
         assert row["speedup"] == pytest.approx(row["one_at_a_time_seconds"] / row["batched_seconds"])
         assert row["batched_utterances_per_second"] == pytest.approx(3 / row["batched_seconds"])
+        assert row["search_batched_seconds"] > 0 and row["search_one_at_a_time_seconds"] > 0
+        assert row["search_speedup"] == pytest.approx(
+            row["search_one_at_a_time_seconds"] / row["search_batched_seconds"]
+        )
 
 
 def test_the_default_model_is_digits_sized_and_never_ends_early():
