@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from asr.features import sequence_mask
 from asr.model import LAS
 from asr.model.attention import AttentionConfig, DotProductAttention, build_attention
-from asr.model.encoder import BiLSTM, EncoderConfig, PyramidalEncoder, concatenate_neighbours, reverse_padded
+from asr.model.encoder import (
+    BiLSTM,
+    EncoderConfig,
+    PyramidalEncoder,
+    concatenate_neighbours,
+    reverse_padded,
+    run_in_stages,
+)
 from asr.model.las import IGNORE_INDEX, ModelConfig, add_sos_eos
 from tests.conftest import tiny_config
 
@@ -36,6 +43,27 @@ def test_bilstm_equals_a_packed_bidirectional_lstm():
         reference(packed)[0], batch_first=True, total_length=7
     )
     torch.testing.assert_close(layer(x, lengths), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_staged_lstm_equals_one_dense_call_on_valid_frames_and_in_gradients():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 3, batch_first=True)
+    lengths = torch.tensor([12, 3, 9, 1, 12, 5, 7, 2, 10])  # quarters at different lengths: five stages
+    mask = sequence_mask(lengths, 12)[..., None]
+    x = torch.randn(9, 12, 4, requires_grad=True)
+    probe = torch.randn(9, 12, 3)
+    results = []
+    for run in (lambda: lstm(x)[0], lambda: run_in_stages(lstm, x, lengths)):
+        output = run() * mask
+        x.grad = None
+        lstm.zero_grad()
+        (output * probe).sum().backward()
+        results.append((output, x.grad.clone(), [p.grad.clone() for p in lstm.parameters()]))
+    (dense, dense_x_grad, dense_grads), (staged, staged_x_grad, staged_grads) = results
+    torch.testing.assert_close(staged, dense)
+    torch.testing.assert_close(staged_x_grad, dense_x_grad)
+    for got, expected in zip(staged_grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, expected)
 
 
 def test_concatenate_neighbours_keeps_an_odd_last_frame():
