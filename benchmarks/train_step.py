@@ -10,6 +10,8 @@ Variants (each its own model, built from the same seed, with its own Adam):
   fast            the default model's teacher-forced path (`forward`): the same function, fewer ops per step
   fast_mkl        the same with the decoder's per-step products on torch's default fp32 GEMM (MKL)
                   instead of oneDNN's (`asr.model.recurrence.USE_ONEDNN_GEMM`)
+  fast_unpacked   the same on oneDNN with plain-layout weights, not reordered once per step
+                  (`asr.model.recurrence.PACK_WEIGHTS`)
   no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
   fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
 
@@ -31,7 +33,7 @@ import torch  # noqa: E402
 
 from asr.model import recurrence  # noqa: E402
 
-VARIANTS = ("reference", "fast", "fast_mkl", "no_feeding", "fast_bf16", "no_feeding_bf16")
+VARIANTS = ("reference", "fast", "fast_mkl", "fast_unpacked", "no_feeding", "fast_bf16", "no_feeding_bf16")
 
 
 def build(name: str, cfg: dict, batch):
@@ -45,6 +47,7 @@ def build(name: str, cfg: dict, batch):
 
     def step():
         recurrence.USE_ONEDNN_GEMM = name != "fast_mkl"
+        recurrence.PACK_WEIGHTS = name != "fast_unpacked"
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model.loss_from_features(*batch).loss

@@ -196,3 +196,36 @@ def test_fast_paths_train_with_dropout(input_feeding):
         optimizer.step()
         losses.append(output.loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_search_steps_follow_weights_that_change_after_packing():
+    """`step` in inference reuses the cell's weights reordered for oneDNN; an optimiser step or a
+    loaded state (in-place updates) must reach the next search, as teacher forcing sees them."""
+    torch.manual_seed(0)
+    model = LAS(tiny_config(attention="location", cell="lstm")).eval()
+    decoder = model.decoder
+    memory, memory_lens = torch.randn(2, 6, model.encoder.output_dim), torch.tensor([6, 4])
+    tokens = torch.randint(2, 11, (2, 4))
+    mask = torch.arange(6)[None, :] < memory_lens[:, None]
+
+    def step_logits():
+        with torch.inference_mode():
+            keys = decoder.attention.prepare(memory)
+            state = decoder.initial_state(memory, memory_lens)
+            logits = []
+            for i in range(tokens.shape[1]):
+                step, state = decoder.step(tokens[:, i], state, keys, memory, mask)
+                logits.append(step)
+            return torch.stack(logits, dim=1)
+
+    for change in range(3):
+        if change == 1:
+            with torch.no_grad():
+                decoder.cells[0].weight_hh.mul_(-1.5)  # as an optimiser step: in place
+        if change == 2:
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            state["decoder.cells.0.weight_ih"].normal_()
+            model.load_state_dict(state)
+        with torch.no_grad():
+            expected, _ = decoder(tokens, memory, memory_lens)
+        torch.testing.assert_close(step_logits(), expected, rtol=1e-5, atol=1e-5)
