@@ -1,7 +1,9 @@
 """The fast teacher-forced decoder (issue 7) computes what the plain loop of `step` computes:
 the same logits, attention weights, loss and gradients, to floating-point tolerance."""
 
+import copy
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -229,3 +231,6 @@ def test_search_steps_follow_weights_that_change_after_packing():
         with torch.no_grad():
             expected, _ = decoder(tokens, memory, memory_lens)
         torch.testing.assert_close(step_logits(), expected, rtol=1e-5, atol=1e-5)
+    # the packed copies live outside the model: it still copies and pickles after a search
+    copied = copy.deepcopy(model)
+    torch.save(copied, io.BytesIO())

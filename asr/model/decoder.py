@@ -30,7 +30,7 @@ from asr.model.recurrence import (
     lstm_pointwise,
     onednn_gemm_available,
     onednn_linear,
-    pack_for_onednn,
+    packed_weight,
     run_cells,
 )
 
@@ -76,7 +76,6 @@ class AttentionDecoder(nn.Module):
         self.attention = attention
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(config.hidden_dim + memory_dim, vocab_size)
-        self._packed = {}  # search: weights in oneDNN's layout, by name (`_packed_weight`)
 
     def initial_state(self, memory: torch.Tensor, memory_lens: torch.Tensor) -> DecoderState:
         """Zero recurrent state and context; the previous alignment is uniform over valid frames."""
@@ -98,10 +97,8 @@ class AttentionDecoder(nn.Module):
         hidden, cell = [], []
         for layer, rnn in enumerate(self.cells):
             if self.config.cell == "lstm" and onednn:
-                weight_ih = self._packed_weight(f"{layer}.ih", rnn.weight_ih)
-                weight_hh = self._packed_weight(f"{layer}.hh", rnn.weight_hh)
-                gates = onednn_linear(x.contiguous(), weight_ih).add_(
-                    onednn_linear(state.hidden[layer].contiguous(), weight_hh)
+                gates = onednn_linear(x.contiguous(), packed_weight(rnn.weight_ih)).add_(
+                    onednn_linear(state.hidden[layer].contiguous(), packed_weight(rnn.weight_hh))
                 )
                 h, c = lstm_pointwise(gates.add_(rnn.bias_ih).add_(rnn.bias_hh), state.cell[layer])
                 cell.append(c)
@@ -115,15 +112,6 @@ class AttentionDecoder(nn.Module):
         context, weights = self.attention(h, keys, memory, mask, state.weights)
         logits = self.output(self.dropout(torch.cat([h, context], dim=-1)))
         return logits, DecoderState(tuple(hidden), tuple(cell), context, weights)
-
-    def _packed_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        """`weight` reordered for oneDNN once and reused at every search step until it changes
-        (an optimiser step or a loaded state bumps its version)."""
-        key = (weight.data_ptr(), weight._version)
-        cached = self._packed.get(name)
-        if cached is None or cached[0] != key:
-            cached = self._packed[name] = (key, pack_for_onednn(weight.detach().contiguous(), None))
-        return cached[1]
 
     def step(self, tokens, state, keys, memory, mask) -> tuple[torch.Tensor, DecoderState]:
         """

@@ -72,6 +72,8 @@ def run_in_stages(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torc
         if end <= start:
             continue
         rows = sum(length > start for length in sorted_lengths)  # valid at `start`: a prefix of the order
+        if rows == 0:  # only empty rows (zero length) are left
+            break
         stage, (hidden, cell) = lstm(x[:rows, start:end], (state[0][:, :rows], state[1][:, :rows]))
         output[:rows, start:end] = stage
         state, start = (hidden, cell), end
