@@ -196,16 +196,17 @@ class LocationAwareAttention(AdditiveAttention):
 
     def attend_weights(self, projected_query, keys, mask, previous_weights):
         # The convolution as a product with each frame's window of K previous weights (zero beyond
-        # the ends, as the conv pads), and W_f (F * w)_t = (W_f F) window_t: convolution and
-        # projection are one (A, K) matrix, so a step adds them with one product (addmm), without
-        # oneDNN's set-up cost for a tiny conv or a (rows, T, channels) product of 10 columns.
+        # the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a tiny conv.
         channels, _, width = self.location_conv.weight.shape
         padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
         windows = padded.unfold(1, width, 1)  # (B*G, T, K)
-        location = self.location_projection.weight.matmul(self.location_conv.weight.view(channels, width))
+        location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B*G, T, channels)
         energies = add_query(keys, projected_query)
         rows, frames, dim = energies.shape
-        energies = torch.addmm(energies.view(-1, dim), windows.reshape(-1, width), location.t())
+        # W_f location added inside the matrix product (addmm): one pass over (B*G, T, A) fewer
+        energies = torch.addmm(
+            energies.view(-1, dim), location.view(-1, channels), self.location_projection.weight.t()
+        )
         return self.normalise(energies.view(rows, frames, dim), mask)
 
 
