@@ -117,14 +117,16 @@ def test_dot_product_attention_equals_torch_sdpa_with_masking():
     torch.testing.assert_close(weights, torch.softmax(scores.masked_fill(~mask, -math.inf), -1))
 
 
+def small_attention(kind: str, **config):
+    """An attention of `kind` over 10-wide memory for 6-wide queries, seeded."""
+    torch.manual_seed(0)
+    config = {"attention_dim": 8, "location_kernel_size": 5, **config}
+    return build_attention(AttentionConfig(type=kind, **config), query_dim=6, memory_dim=10)
+
+
 @pytest.mark.parametrize("kind,heads", [("dot", 1), ("dot", 2), ("additive", 1), ("location", 1)])
 def test_every_attention_gives_a_distribution_over_valid_frames(kind, heads):
-    torch.manual_seed(0)
-    attention = build_attention(
-        AttentionConfig(type=kind, attention_dim=8, num_heads=heads, location_kernel_size=5),
-        query_dim=6,
-        memory_dim=10,
-    )
+    attention = small_attention(kind, num_heads=heads)
     memory = torch.randn(2, 7, 10)
     mask = sequence_mask(torch.tensor([7, 3]), 7)
     previous = mask.float() / mask.sum(-1, keepdim=True)
@@ -137,12 +139,7 @@ def test_every_attention_gives_a_distribution_over_valid_frames(kind, heads):
 @pytest.mark.parametrize("kind,heads", [("dot", 1), ("dot", 2), ("additive", 1), ("location", 1)])
 def test_attention_shares_one_utterance_among_several_query_rows(kind, heads):
     """A beam search's layout: memory, keys and mask once per utterance, G query rows each."""
-    torch.manual_seed(0)
-    attention = build_attention(
-        AttentionConfig(type=kind, attention_dim=8, num_heads=heads, location_kernel_size=5),
-        query_dim=6,
-        memory_dim=10,
-    )
+    attention = small_attention(kind, num_heads=heads)
     group = 3
     memory = torch.randn(2, 7, 10)
     mask = sequence_mask(torch.tensor([7, 4]), 7)
@@ -161,12 +158,7 @@ def test_attention_shares_one_utterance_among_several_query_rows(kind, heads):
 @pytest.mark.parametrize("kind", ["additive", "location"])
 def test_additive_and_location_attention_equal_their_formulas(kind):
     """e_t = v^T tanh(W_k h_t + W_q s [+ W_f (F * a_prev)_t]), the convolution as nn.functional.conv1d."""
-    torch.manual_seed(0)
-    attention = build_attention(
-        AttentionConfig(type=kind, attention_dim=8, location_channels=3, location_kernel_size=5),
-        query_dim=6,
-        memory_dim=10,
-    )
+    attention = small_attention(kind, location_channels=3)
     memory, query = torch.randn(2, 7, 10), torch.randn(2, 6)
     mask = sequence_mask(torch.tensor([7, 4]), 7)
     previous = torch.softmax(torch.randn(2, 7).masked_fill(~mask, -math.inf), -1)
