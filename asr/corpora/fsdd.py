@@ -1,7 +1,7 @@
 """The Free Spoken Digit Dataset as connected-digit strings.
 
 FSDD holds isolated digits (`recordings/{digit}_{speaker}_{index}.wav|flac`, 8 kHz). The digits
-recipe trains on strings of 1-7 recordings of one speaker joined with random pauses, made afresh
+recipe trains on strings of 1-15 recordings (`max_digits`) of one speaker joined with random pauses, made afresh
 every epoch from the train split (take index 5-49), and is scored on fixed strings built from the
 test split (take index 0-4), written as real audio files and lhotse manifests.
 """
@@ -73,7 +73,7 @@ def _by_speaker(clips: CutSet) -> dict[str, list]:
 
 
 def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: str):
-    """A MixedCut of 1-7 clips with silences between them, one speed factor for the whole string."""
+    """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the whole string."""
     count = rng.randint(config.min_digits, config.max_digits)
     chosen = [rng.choice(clips) for _ in range(count)]
     speed = rng.choice(config.speed_factors)
