@@ -69,6 +69,23 @@ def test_audio_cache_renders_strings_exactly_like_lhotse(clips, tokenizer):
     assert cached.texts == plain.texts and torch.equal(cached.targets, plain.targets)
 
 
+def test_speed_per_digit_draws_a_factor_for_every_digit_and_renders_like_lhotse(clips, tokenizer):
+    train, _ = split_clips(clips)
+    config = StringConfig(min_digits=6, max_digits=6, speed_factors=(0.9, 1.1), speed_per_digit=True)
+    strings = make_strings(train, 8, config, seed=2, prefix="s")
+
+    def factors(cut) -> list[str]:
+        return [t.cut.id.rsplit("_sp", 1)[1] for t in cut.tracks if t.cut.supervisions]
+
+    assert all(len(factors(cut)) == 6 for cut in strings)
+    assert sum(len(set(factors(cut))) == 2 for cut in strings) >= 6  # mixed factors within a string
+    whole = make_strings(train, 8, StringConfig(min_digits=6, max_digits=6, speed_factors=(0.9, 1.1)), 2, "s")
+    assert all(len(set(factors(cut))) == 1 for cut in whole)  # the default: one factor per string
+    cached = SpeechDataset(tokenizer, 8000, cache=AudioCache(train))[strings]
+    plain = SpeechDataset(tokenizer, 8000)[strings]
+    torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
+
+
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
     config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)

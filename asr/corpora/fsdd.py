@@ -37,6 +37,7 @@ class StringConfig:
     max_pause: float = 0.5
     max_edge_silence: float = 0.3  # seconds of silence before the first and after the last digit
     speed_factors: tuple[float, ...] = (1.0,)  # one is drawn per string (speed perturbation)
+    speed_per_digit: bool = False  # draw a factor for every digit instead: speaking rate varies within a string
 
 
 def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
@@ -73,12 +74,15 @@ def _by_speaker(clips: CutSet) -> dict[str, list]:
 
 
 def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: str):
-    """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the whole string."""
+    """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the
+    whole string (or one per digit with `speed_per_digit`)."""
     count = rng.randint(config.min_digits, config.max_digits)
     chosen = [rng.choice(clips) for _ in range(count)]
-    speed = rng.choice(config.speed_factors)
-    if speed != 1.0:
-        chosen = [c.perturb_speed(speed) for c in chosen]
+    if config.speed_per_digit:
+        speeds = [rng.choice(config.speed_factors) for _ in chosen]
+    else:
+        speeds = [rng.choice(config.speed_factors)] * len(chosen)
+    chosen = [c.perturb_speed(speed) if speed != 1.0 else c for c, speed in zip(chosen, speeds, strict=True)]
     string = chosen[0].pad(
         duration=chosen[0].duration + rng.uniform(0, config.max_edge_silence), direction="left"
     )
