@@ -1,9 +1,9 @@
 """The Free Spoken Digit Dataset as connected-digit strings.
 
 FSDD holds isolated digits (`recordings/{digit}_{speaker}_{index}.wav|flac`, 8 kHz). The digits
-recipe trains on strings of 1-15 recordings (`max_digits`) of one speaker joined with random pauses, made afresh
-every epoch from the train split (take index 5-49), and is scored on fixed strings built from the
-test split (take index 0-4), written as real audio files and lhotse manifests.
+recipe trains on strings of 1-15 recordings (`max_digits`) of one speaker joined with random pauses,
+made afresh every epoch from the train split (take index 5-49), and is scored on fixed strings built
+from the test split (take index 0-4), written as real audio files and lhotse manifests.
 """
 
 import logging
@@ -37,7 +37,7 @@ class StringConfig:
     max_pause: float = 0.5
     max_edge_silence: float = 0.3  # seconds of silence before the first and after the last digit
     speed_factors: tuple[float, ...] = (1.0,)  # one is drawn per string (speed perturbation)
-    speed_per_digit: bool = False  # draw a factor for every digit instead: speaking rate varies within a string
+    speed_per_digit: bool = False  # a factor per digit instead: speaking rate varies within a string
 
 
 def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
