@@ -16,6 +16,11 @@ make one too ("six three three" -> "three three three"), so read them with the i
 length ratio. The ratio is the long-string WER over the test-string WER. RTF is the one
 asr-transcribe reports (model loading excluded).
 
+The recipe's 200 test strings leave a good model only a few errors, so one error moves the ratio
+by 0.3-0.5. For a steadier ratio, draw larger sets from the same held-out takes and point
+`--data-dir` at them: `asr-prepare digits --out exp/digits/data_large --num-dev 0 --num-test 1000
+--num-long 200` (recipes/digits/README.md has both sets' figures).
+
 Prints a markdown table and a final line `RESULT {json}`.
 """
 
