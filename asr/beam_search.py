@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from asr.ctc_prefix import CTCPrefixScorer
+from asr.ctc_prefix import CTCPrefixScorer, SpanCTCPrefixScorer
 from asr.features import sequence_mask
 from asr.model.encoder import EncoderOutput
 from asr.model.las import LAS
@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # asr.decoding imports this module
     from asr.lm import LSTMLanguageModel
 
 NEG_INF = float("-inf")
+# What one more span of utterances costs a search step (its own attention and CTC calls), in
+# attention row-frames (one hypothesis attending over one frame); see `length_spans`.
+SPAN_COST = 1000
 # a frame counts as covered once its summed attention exceeds this (Chorowski & Jaitly 2017)
 COVERAGE_THRESHOLD = 0.5
 
@@ -45,6 +48,28 @@ class Hypothesis:
     ended_by: str  # "eos", or "max_length" when the length limit forced eos
     # the words, where the LM spells them (a phone model's lexicon LM); else tokenizer.decode(tokens)
     text: str | None = None
+
+
+def length_spans(lengths: list[int], rows_per_utterance: int) -> list[int]:
+    """Cut utterances sorted by decreasing length into spans of consecutive ones: the span sizes.
+
+    Each span attends (and scores CTC) over its longest utterance's frames, so a span of n
+    utterances costs n * rows_per_utterance * (its first length) row-frames, plus SPAN_COST for its
+    own operations. The cut minimises the total (dynamic programming over the cut points): one
+    span for similar lengths, a few for mixed ones.
+    """
+    count = len(lengths)
+    best, cut = [0.0] + [math.inf] * count, [0] * (count + 1)  # best[j]: the first j utterances
+    for end in range(1, count + 1):
+        for start in range(end):
+            cost = best[start] + SPAN_COST + (end - start) * rows_per_utterance * lengths[start]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    sizes, end = [], count
+    while end > 0:
+        sizes.append(end - cut[end])
+        end = cut[end]
+    return sizes[::-1]
 
 
 class _Candidates(NamedTuple):
@@ -102,13 +127,18 @@ class BatchBeamSearch:
         self.beam, self.eos, self.vocab_size = options.beam_size, model.sos_eos_id, model.config.vocab_size
         memory, lengths = encoder_output.output, encoder_output.lengths
         batch, device = memory.shape[0], memory.device
-        self.memory_lengths = lengths
-        self.active = torch.arange(batch, device=device)
+        self.memory_lengths = lengths  # by utterance, as given; everything below is by active position
+        # The utterances run longest first, so that spans of similar lengths (`length_spans`) can
+        # attend over their own frames only; `active` maps positions back to the caller's order.
+        self.active = lengths.argsort(descending=True, stable=True)
+        memory, lengths = memory.index_select(0, self.active), lengths.index_select(0, self.active)
+        self.span_sizes = length_spans(lengths.tolist(), self.beam)
+        self.spans = self._spans(lengths)
         # the 1e-9 keeps ratio * T that is an integer in exact arithmetic from rounding the wrong way
         self.max_tokens = torch.floor(lengths.double() * options.max_length_ratio + 1e-9).long()
         min_tokens = torch.ceil(lengths.double() * options.min_length_ratio - 1e-9).long()
         self.min_tokens = torch.minimum(min_tokens, self.max_tokens)
-        rows = self.active.repeat_interleave(self.beam)
+        rows = torch.arange(batch, device=device).repeat_interleave(self.beam)
         # the attention keys are projected once per utterance; the frames, keys and mask stay one
         # per utterance, which the attention shares among the beam's rows (asr/model/attention.py)
         self.keys = self.decoder.attention.prepare(memory)
@@ -126,10 +156,26 @@ class BatchBeamSearch:
         self.ctc = self.ctc_state = None
         if options.ctc_weight > 0:
             units = slice(1, self.vocab_size - 1)  # every id but blank and eos
-            self.ctc = CTCPrefixScorer(model.ctc_log_probs(encoder_output), encoder_output.ctc_lengths, units)
+            log_probs = model.ctc_log_probs(encoder_output).index_select(0, self.active)
+            ctc_lengths = encoder_output.ctc_lengths.index_select(0, self.active)
+            if len(self.span_sizes) > 1:
+                self.ctc = SpanCTCPrefixScorer(log_probs, ctc_lengths, units, self.span_sizes)
+            else:
+                self.ctc = CTCPrefixScorer(log_probs, ctc_lengths, units)
             self.ctc_state = self.ctc.initial_state(self.beam)
         self.finished = _Finished.empty(batch, self.beam, device)
         self.history = []  # per step: active (A,), tokens (A, K), slots (A, K), attention weights (A, K, T)
+
+    def _spans(self, lengths: torch.Tensor):
+        """(first, end, frames) of each span over the active positions; None for a single span."""
+        if len(self.span_sizes) < 2:
+            return None
+        starts = list(itertools.accumulate(self.span_sizes, initial=0))
+        firsts = lengths[torch.tensor(starts[:-1], device=lengths.device)].tolist()
+        return [
+            (start, start + size, frames)
+            for start, size, frames in zip(starts, self.span_sizes, firsts, strict=False)
+        ]
 
     def run(self) -> list[list[Hypothesis]]:
         for step in itertools.count():
@@ -146,7 +192,7 @@ class BatchBeamSearch:
         """One decoder (and LM) step for every row, and the scores of all allowed extensions."""
         options, active_count, beam, vocab_size = self.options, len(self.active), self.beam, self.vocab_size
         logits, self.decoder_state = self.decoder.step(
-            self.tokens, self.decoder_state, self.keys, self.memory, self.mask
+            self.tokens, self.decoder_state, self.keys, self.memory, self.mask, self.spans
         )
         attention = torch.log_softmax(logits.float(), dim=-1).view(active_count, beam, vocab_size)
         fused = (1 - options.ctc_weight) * attention.double()
@@ -295,10 +341,18 @@ class BatchBeamSearch:
 
     def _drop_utterances(self, keep: torch.Tensor) -> None:
         """Remove done utterances from the batch and frames that no remaining one has."""
+        kept, start = keep.tolist(), 0
+        sizes = []
+        for size in self.span_sizes:
+            sizes.append(sum(start <= position < start + size for position in kept))
+            start += size
+        self.span_sizes = [size for size in sizes if size]
         self.active = self.active.index_select(0, keep)
         self.max_tokens = self.max_tokens.index_select(0, keep)
         self.min_tokens = self.min_tokens.index_select(0, keep)
-        frames = int(self.memory_lengths.index_select(0, self.active).max())
+        lengths = self.memory_lengths.index_select(0, self.active)
+        self.spans = self._spans(lengths)
+        frames = int(lengths.max())
         self.keys = self.keys.index_select(0, keep)[:, :frames]
         self.memory = self.memory.index_select(0, keep)[:, :frames]
         self.mask = self.mask.index_select(0, keep)[:, :frames]

@@ -217,3 +217,83 @@ class CTCPrefixScorer:
             state.blank.index_select(0, utterances)[..., :frames_plus_one],
             state.prefix.index_select(0, utterances),
         )
+
+
+class SpanCTCPrefixScorer:
+    """`CTCPrefixScorer`'s interface over a batch cut into spans of consecutive utterances, each
+    span scored over its own frames only.
+
+    A batch of mixed lengths pads every utterance to the longest one's frames, and the recursions
+    cost the same on padding as on speech. With the utterances sorted by length and cut into a
+    few spans, each span pays only for its own longest utterance. The state is one
+    `CTCPrefixState` per span; every result is the spans' results in order, so the caller sees
+    (A, ...) tensors as from one scorer, and each utterance's scores are the ones it gets alone.
+
+    Parameters
+    ----------
+    log_probs, lengths, units : as for `CTCPrefixScorer`, for the whole batch.
+    span_sizes : list[int]
+        utterances per span, in batch order; they sum to A.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor, units: slice, span_sizes: list[int]):
+        if sum(span_sizes) != log_probs.shape[0] or min(span_sizes, default=1) < 1:
+            raise ValueError(f"span sizes {span_sizes} do not cut a batch of {log_probs.shape[0]}")
+        self.sizes = list(span_sizes)
+        self.scorers = []
+        for span_log_probs, span_lengths in zip(
+            log_probs.split(self.sizes), lengths.split(self.sizes), strict=True
+        ):
+            frames = int(span_lengths.max())
+            self.scorers.append(CTCPrefixScorer(span_log_probs[:, :frames], span_lengths, units))
+
+    def initial_state(self, beam_size: int) -> tuple[CTCPrefixState, ...]:
+        return tuple(scorer.initial_state(beam_size) for scorer in self.scorers)
+
+    def candidates(self, ranking: torch.Tensor, pre_beam: int) -> tuple[torch.Tensor, bool]:
+        return self.scorers[0].candidates(ranking, pre_beam)  # per token, no frames involved
+
+    def score(self, state, last_tokens, candidates, all_units: bool) -> torch.Tensor:
+        parts = zip(
+            self.scorers, state, last_tokens.split(self.sizes), candidates.split(self.sizes), strict=True
+        )
+        return torch.cat([scorer.score(*part, all_units) for scorer, *part in parts])
+
+    def final(self, state) -> torch.Tensor:
+        return torch.cat(
+            [scorer.final(span_state) for scorer, span_state in zip(self.scorers, state, strict=True)]
+        )
+
+    def extend(self, state, parents, tokens, parent_last_tokens, prefix) -> tuple[CTCPrefixState, ...]:
+        split = [x.split(self.sizes) for x in (parents, tokens, parent_last_tokens, prefix)]
+        return tuple(
+            scorer.extend(span_state, *parts)
+            for scorer, span_state, *parts in zip(self.scorers, state, *split, strict=True)
+        )
+
+    def _per_span(self, utterances: torch.Tensor) -> list[torch.Tensor]:
+        """Kept utterances (ascending positions in the batch) -> each span's own positions."""
+        positions, start, kept = utterances.tolist(), 0, []
+        for size in self.sizes:
+            kept.append([p - start for p in positions if start <= p < start + size])
+            start += size
+        return [torch.tensor(k, dtype=torch.long, device=utterances.device) for k in kept]
+
+    def select(self, utterances: torch.Tensor) -> "SpanCTCPrefixScorer":
+        """Keep some utterances: each span keeps its own and drops frames none of them has; an
+        emptied span goes."""
+        selected = object.__new__(SpanCTCPrefixScorer)
+        selected.sizes, selected.scorers = [], []
+        for scorer, kept in zip(self.scorers, self._per_span(utterances), strict=True):
+            if len(kept):
+                selected.sizes.append(len(kept))
+                selected.scorers.append(scorer if len(kept) == len(scorer.lengths) else scorer.select(kept))
+        return selected
+
+    def select_state(self, state, utterances: torch.Tensor) -> tuple[CTCPrefixState, ...]:
+        """The state of the utterances kept by `select`."""
+        return tuple(
+            span_state if len(kept) == len(scorer.lengths) else scorer.select_state(span_state, kept)
+            for scorer, span_state, kept in zip(self.scorers, state, self._per_span(utterances), strict=True)
+            if len(kept)
+        )

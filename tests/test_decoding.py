@@ -6,7 +6,9 @@ from collections import defaultdict
 import pytest
 import torch
 
-from asr.ctc_prefix import CTCPrefixScorer
+from asr import beam_search
+from asr.beam_search import length_spans
+from asr.ctc_prefix import CTCPrefixScorer, SpanCTCPrefixScorer
 from asr.decoding import DecodingOptions, Hypothesis, decode, search
 from asr.features import FeatureConfig, SpecAugmentConfig
 from asr.lm import LanguageModelConfig, LSTMLanguageModel
@@ -200,11 +202,20 @@ def _assert_same_hypotheses(first: list[Hypothesis], second: list[Hypothesis]):
     ("beam_size", "ctc_weight", "ctc_pre_beam"),
     [(1, 0.0, 0), (1, 0.5, 0), (4, 0.0, 0), (4, 0.5, 0), (4, 0.5, 3)],
 )
-def test_batched_search_equals_one_utterance_at_a_time(beam_size, ctc_weight, ctc_pre_beam):
+@pytest.mark.parametrize("span_cost", [None, 0, 5])
+def test_batched_search_equals_one_utterance_at_a_time(
+    beam_size, ctc_weight, ctc_pre_beam, span_cost, monkeypatch
+):
+    """span_cost 0 cuts the batch into one span per length, 5 (per row) into a few (`length_spans`)."""
     model = _trained_model()
     waves, lengths = _batch()
     options = DecodingOptions(beam_size=beam_size, ctc_weight=ctc_weight, ctc_pre_beam=ctc_pre_beam)
-    batched = search(model, _encode(model, waves, lengths), options)
+    encoded = _encode(model, waves, lengths)
+    if span_cost is not None:
+        monkeypatch.setattr(beam_search, "SPAN_COST", span_cost * beam_size)
+        spans = length_spans(encoded.lengths.sort(descending=True).values.tolist(), beam_size)
+        assert 1 < len(spans) < len(WAVE_LENGTHS) or (span_cost == 0 and len(spans) == len(WAVE_LENGTHS))
+    batched = search(model, encoded, options)
     for i, length in enumerate(lengths.tolist()):
         alone = search(model, _encode(model, waves[i : i + 1, :length], lengths[i : i + 1]), options)
         _assert_same_hypotheses(batched[i], alone[0])
@@ -418,3 +429,67 @@ def test_options_are_validated():
         DecodingOptions(ctc_weight=1.5)
     with pytest.raises(ValueError):
         DecodingOptions(min_length_ratio=3.0, max_length_ratio=2.0)
+
+
+def test_length_spans_cut_mixed_lengths_and_keep_similar_ones_together(monkeypatch):
+    monkeypatch.setattr(beam_search, "SPAN_COST", 1000)
+    assert length_spans([40, 40, 39, 39, 38, 38, 37, 37], 10) == [8]  # cutting would save too little
+    mixed = [66, 56, 56, 47, 41, 39, 38, 33, 32, 31, 28, 26, 25, 22, 15, 12]  # a batch of digit strings
+    sizes = length_spans(mixed, 10)
+    assert sum(sizes) == len(mixed) and 1 < len(sizes) < len(mixed)
+    assert length_spans(mixed, 1) == [16]  # greedy: ten times fewer rows, nothing worth a span
+    monkeypatch.setattr(beam_search, "SPAN_COST", 0)
+    assert length_spans([5, 5, 3, 2, 2], 4) == [2, 1, 2]  # free spans: one per distinct length
+    assert length_spans([], 4) == []
+
+
+def test_span_ctc_scorer_gives_every_utterance_its_own_scores():
+    """Spans score over their own frames: the same prefix scores, finals and forward variables as
+    one scorer over the padded batch, through extensions and a selection that empties a span."""
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([9, 8, 5, 3])
+    log_probs = torch.log_softmax(torch.randn(4, 9, 6, generator=generator), -1)
+    units, beam = slice(1, 5), 3
+    whole = CTCPrefixScorer(log_probs, lengths, units)
+    spans = SpanCTCPrefixScorer(log_probs, lengths, units, [2, 1, 1])
+    whole_state, span_state = whole.initial_state(beam), spans.initial_state(beam)
+    last = torch.full((4, beam), 5)  # sos: equal to no candidate
+    candidates = torch.arange(1, 5).expand(4, beam, -1)
+    for step in range(3):
+        for got, expected in (
+            (
+                spans.score(span_state, last, candidates, True),
+                whole.score(whole_state, last, candidates, True),
+            ),
+            (spans.final(span_state), whole.final(whole_state)),
+        ):
+            torch.testing.assert_close(got, expected)
+        parents = torch.randint(0, beam, (len(lengths), beam), generator=generator)
+        tokens = torch.randint(1, 5, (len(lengths), beam), generator=generator)
+        parent_last = last.gather(1, parents)
+        prefix = whole.score(whole_state, last, candidates, True).gather(2, (tokens - 1)[..., None])[..., 0]
+        whole_state = whole.extend(whole_state, parents, tokens, parent_last, prefix)
+        span_state = spans.extend(span_state, parents, tokens, parent_last, prefix)
+        last = tokens
+        if step == 1:  # drop utterance 2, the only one of the second span, and utterance 0
+            keep = torch.tensor([1, 3])
+            whole_state, whole = whole.select_state(whole_state, keep), whole.select(keep)
+            span_state, spans = spans.select_state(span_state, keep), spans.select(keep)
+            lengths, last, candidates = lengths[keep], last[keep], candidates[keep]
+            assert spans.sizes == [1, 1]
+    for part, expected in zip(span_state, whole_state.nonblank.split(spans.sizes), strict=True):
+        frames = part.nonblank.shape[-1]
+        torch.testing.assert_close(part.nonblank, expected[..., :frames])
+
+
+def test_batched_search_in_spans_with_lm_and_coverage_equals_one_utterance_at_a_time(monkeypatch):
+    monkeypatch.setattr(beam_search, "SPAN_COST", 0)  # one span per length
+    model, lm = _trained_model(), _language_model()
+    waves, lengths = _batch()
+    options = DecodingOptions(
+        beam_size=4, ctc_weight=0.5, lm_weight=0.5, coverage_weight=0.3, length_bonus=0.2
+    )
+    batched = search(model, _encode(model, waves, lengths), options, lm)
+    for i, length in enumerate(lengths.tolist()):
+        alone = search(model, _encode(model, waves[i : i + 1, :length], lengths[i : i + 1]), options, lm)
+        _assert_same_hypotheses(batched[i], alone[0])

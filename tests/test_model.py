@@ -155,6 +155,27 @@ def test_attention_shares_one_utterance_among_several_query_rows(kind, heads):
     assert torch.all(shared[1][~mask[rows]] == 0)
 
 
+@pytest.mark.parametrize("kind,heads", [("dot", 1), ("dot", 2), ("additive", 1), ("location", 1)])
+def test_attention_in_spans_equals_attention_over_the_padded_batch(kind, heads):
+    """A beam search's length-sorted spans attend over their own frames only: same results."""
+    attention = small_attention(kind, num_heads=heads)
+    group = 2
+    memory = torch.randn(4, 9, 10)
+    lengths = torch.tensor([9, 8, 5, 3])
+    memory = memory * sequence_mask(lengths, 9)[..., None]
+    mask = sequence_mask(lengths, 9)
+    rows = torch.arange(4).repeat_interleave(group)
+    query = torch.randn(4 * group, 6)
+    previous = torch.softmax(torch.randn(4 * group, 9).masked_fill(~mask[rows], -math.inf), -1)
+    keys = attention.prepare(memory)
+    whole = attention(query, keys, memory, mask, previous)
+    spans = attention.forward_in_spans(query, keys, memory, mask, previous, [(0, 2, 9), (2, 3, 5), (3, 4, 3)])
+    for got, expected in zip(spans, whole, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected)
+    assert torch.all(spans[1][~mask[rows]] == 0)
+
+
 @pytest.mark.parametrize("kind", ["additive", "location"])
 def test_additive_and_location_attention_equal_their_formulas(kind):
     """e_t = v^T tanh(W_k h_t + W_q s [+ W_f (F * a_prev)_t]), the convolution as nn.functional.conv1d."""

@@ -52,10 +52,13 @@ def weighted_sum(weights: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weights.view(batch, -1, weights.shape[-1]), memory).view(weights.shape[0], -1)
 
 
-def add_query(keys: torch.Tensor, projected_query: torch.Tensor) -> torch.Tensor:
-    """keys (B, T, A) + projected_query (B*G, A) -> a fresh (B*G, T, A): every row's keys plus its query."""
+def add_query(keys: torch.Tensor, projected_query: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """keys (B, T, A) + alpha projected_query (B*G, A) -> a fresh (B*G, T, A): every row's keys
+    plus its (scaled) query."""
     batch, frames, dim = keys.shape
-    return (keys[:, None] + projected_query.view(batch, -1, 1, dim)).view(-1, frames, dim)
+    return torch.add(keys[:, None], projected_query.view(batch, -1, 1, dim), alpha=alpha).view(
+        -1, frames, dim
+    )
 
 
 class Attention(nn.Module):
@@ -79,6 +82,30 @@ class Attention(nn.Module):
     def attend(self, projected_query, keys, memory, mask, previous_weights):
         """`forward` after the query projection: projected_query (B, attention_dim) -> context, weights."""
         raise NotImplementedError
+
+    def forward_in_spans(self, query, keys, memory, mask, previous_weights, spans):
+        """`forward` with each span of utterances attending over its own first frames only.
+
+        spans : sequence of (first, end, frames): utterances first..end-1 (and their query rows)
+            have no valid frame at or past `frames`. A beam search over a batch sorted by length
+            passes a few spans, so that short utterances skip the longest one's padding; the
+            padded frames would get weight exactly zero anyway, so the results are `forward`'s.
+        Weights come back (B*G, T), zero past each span's frames.
+        """
+        projected_query = self.query_projection(query)
+        group = projected_query.shape[0] // memory.shape[0]
+        contexts, weights = [], previous_weights.new_zeros(previous_weights.shape)
+        for first, end, frames in spans:
+            rows = slice(first * group, end * group)
+            context, weights[rows, :frames] = self.attend(
+                projected_query[rows],
+                keys[first:end, :frames],
+                memory[first:end, :frames],
+                mask[first:end, :frames],
+                previous_weights[rows, :frames],
+            )
+            contexts.append(context)
+        return torch.cat(contexts), weights
 
     # True where the context is the weights' sum of memory frames (einsum "bt,bte->be") and
     # `attend_weights` gives the weights alone: a caller whose contexts do not feed back into the
@@ -142,7 +169,13 @@ class DotProductAttention(Attention):
 
 
 class AdditiveAttention(Attention):
-    """e_t = v^T tanh(W_k h_t + W_q s) (Bahdanau et al. 2015)."""
+    """e_t = v^T tanh(W_k h_t + W_q s) (Bahdanau et al. 2015).
+
+    Computed as 2 v^T sigmoid(2 (W_k h_t + W_q s)), which gives the same weights (`normalise`).
+    The keys from `prepare` are 2 W_k h_t, so that the factor 2 costs nothing per step: the query
+    is added with alpha 2 and the location term (below) accumulated with alpha 2, and scaling by 2
+    is exact in floating point, so the energies are bit for bit twice the plain ones.
+    """
 
     def __init__(self, query_dim: int, memory_dim: int, attention_dim: int):
         super().__init__()
@@ -151,7 +184,7 @@ class AdditiveAttention(Attention):
         self.score = nn.Linear(attention_dim, 1, bias=False)
 
     def prepare(self, memory):
-        return self.key_projection(memory)
+        return 2 * self.key_projection(memory)
 
     def forward(self, query, keys, memory, mask, previous_weights):
         return self.attend(self.query_projection(query), keys, memory, mask, previous_weights)
@@ -163,10 +196,10 @@ class AdditiveAttention(Attention):
         return weighted_sum(weights, memory), weights
 
     def attend_weights(self, projected_query, keys, mask, previous_weights):
-        return self.normalise(add_query(keys, projected_query), mask)
+        return self.normalise(add_query(keys, projected_query, alpha=2), mask)
 
     def normalise(self, energies, mask):
-        """energies (B*G, T, A), a fresh tensor that this overwrites -> weights (B*G, T).
+        """2e: twice the energies (B*G, T, A), a fresh tensor that this overwrites -> weights (B*G, T).
 
         v^T tanh(e) = 2 v^T sigmoid(2e) - sum(v), and a softmax over frames ignores a constant, so
         the scores are 2 v^T sigmoid(2e): the same weights, to rounding (`tests/test_model.py`
@@ -176,7 +209,7 @@ class AdditiveAttention(Attention):
         """
         # in place, and v^T as a matrix-vector product: nn.Linear's (B, T, A) -> (B, T, 1) path
         # and a second (B, T, A) buffer cost more than the arithmetic
-        scores = energies.mul_(2).sigmoid_().matmul(2 * self.score.weight.view(-1))  # (B*G, T)
+        scores = energies.sigmoid_().matmul(2 * self.score.weight.view(-1))  # (B*G, T)
         return masked_softmax(scores, mask)
 
 
@@ -201,11 +234,15 @@ class LocationAwareAttention(AdditiveAttention):
         padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
         windows = padded.unfold(1, width, 1)  # (B*G, T, K)
         location = windows.matmul(self.location_conv.weight.view(channels, width).t())  # (B*G, T, channels)
-        energies = add_query(keys, projected_query)
+        energies = add_query(keys, projected_query, alpha=2)
         rows, frames, dim = energies.shape
-        # W_f location added inside the matrix product (addmm): one pass over (B*G, T, A) fewer
-        energies = torch.addmm(
-            energies.view(-1, dim), location.view(-1, channels), self.location_projection.weight.t()
+        # 2 W_f location accumulated in place by the matrix product (addmm_): no second (B*G, T, A)
+        # buffer and no copy into it, which cost more than the product itself in a beam search step.
+        # Autocast leaves in-place operations alone, so the operands take the energies' dtype here.
+        energies.view(-1, dim).addmm_(
+            location.view(-1, channels).to(energies.dtype),
+            self.location_projection.weight.t().to(energies.dtype),
+            alpha=2,
         )
         return self.normalise(energies.view(rows, frames, dim), mask)
 

@@ -89,7 +89,7 @@ class AttentionDecoder(nn.Module):
             weights=valid / memory_lens[:, None].to(memory.dtype),
         )
 
-    def _advance(self, embedded, state: DecoderState, keys, memory, mask):
+    def _advance(self, embedded, state: DecoderState, keys, memory, mask, spans=None):
         x = torch.cat([embedded, state.context], dim=-1) if self.config.input_feeding else embedded
         # search (no autograd) on the CPU in fp32: the cell's products on oneDNN's GEMM, about twice
         # MKL's rate for a beam's few rows (asr/model/recurrence.py); same function, other rounding
@@ -109,17 +109,22 @@ class AttentionDecoder(nn.Module):
                 h = rnn(x, state.hidden[layer])
             hidden.append(h)
             x = self.dropout(h)
-        context, weights = self.attention(h, keys, memory, mask, state.weights)
+        if spans is None or len(spans) == 1:
+            context, weights = self.attention(h, keys, memory, mask, state.weights)
+        else:
+            context, weights = self.attention.forward_in_spans(h, keys, memory, mask, state.weights, spans)
         logits = self.output(self.dropout(torch.cat([h, context], dim=-1)))
         return logits, DecoderState(tuple(hidden), tuple(cell), context, weights)
 
-    def step(self, tokens, state, keys, memory, mask) -> tuple[torch.Tensor, DecoderState]:
+    def step(self, tokens, state, keys, memory, mask, spans=None) -> tuple[torch.Tensor, DecoderState]:
         """
         tokens : (B,) the previous output token (sos at the start)
         keys : attention.prepare(memory); memory : (B, T, E); mask : (B, T) bool, True on valid frames
+        spans : optional (first, end, frames) spans of utterances that attend over their first
+            frames only (`Attention.forward_in_spans`; a beam search over a length-sorted batch)
         returns logits (B, V) and the new state
         """
-        return self._advance(self.dropout(self.embedding(tokens)), state, keys, memory, mask)
+        return self._advance(self.dropout(self.embedding(tokens)), state, keys, memory, mask, spans)
 
     def forward(self, tokens_in: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
         """Teacher forcing.
