@@ -34,6 +34,23 @@ def test_features_of_an_utterance_do_not_depend_on_padding():
     torch.testing.assert_close(together[0, : lens[0]], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_with_much_padding_gets_the_padded_transforms_frames(monkeypatch):
+    """Over 25 % padding on the CPU: one transform per utterance, the same valid frames."""
+    import asr.features
+
+    torch.manual_seed(0)
+    features = LogMelFeatures(FeatureConfig(sample_rate=8000, num_mel_bins=40))
+    lengths = torch.tensor([8000, 3000, 100, 5000])  # 49 % padding; 100 samples: shorter than an FFT
+    waves = torch.randn(4, 8000)
+    each, each_lens = features(waves, lengths)
+    monkeypatch.setattr(asr.features, "PADDING_SHARE_PER_UTTERANCE", 1.0)  # never per utterance
+    padded, padded_lens = features(waves, lengths)
+    assert torch.equal(each_lens, padded_lens) and each.shape == padded.shape
+    valid = sequence_mask(each_lens, each.shape[1])
+    torch.testing.assert_close(each[valid], padded[valid], rtol=1e-5, atol=1e-5)
+    assert torch.all(each[~valid] == torch.log(torch.tensor(features.config.log_floor)))
+
+
 def test_a_440_hz_tone_peaks_in_the_right_mel_bin():
     config = FeatureConfig(sample_rate=16000, num_mel_bins=80)
     features = LogMelFeatures(config)
