@@ -44,6 +44,7 @@ class CTCPrefixState(NamedTuple):
     nonblank: torch.Tensor  # (A, K, T+1) float64, log r^n_t(g) for t = 0..T
     blank: torch.Tensor  # (A, K, T+1) float64, log r^b_t(g) for t = 0..T
     prefix: torch.Tensor  # (A, K) float64, log psi(g)
+    repeat: torch.Tensor  # (A, K) float64, log psi(g + last(g)): the repeat needs a blank between
 
 
 class CTCPrefixScorer:
@@ -81,7 +82,8 @@ class CTCPrefixScorer:
         shape = (utterances, beam_size, frames_plus_one)
         nonblank = self.blank_cumsum.new_full(shape, NEG_INF)
         blank = self.blank_cumsum[:, None].expand(shape)
-        return CTCPrefixState(nonblank, blank, self.blank_cumsum.new_zeros(utterances, beam_size))
+        prefix = self.blank_cumsum.new_zeros(utterances, beam_size)
+        return CTCPrefixState(nonblank, blank, prefix, torch.full_like(prefix, NEG_INF))  # no label to repeat
 
     def candidates(self, ranking: torch.Tensor, pre_beam: int) -> tuple[torch.Tensor, bool]:
         """(A, K, C) token ids to score for each hypothesis, and whether they are all the units.
@@ -134,11 +136,9 @@ class CTCPrefixScorer:
         else:
             psi_sum = torch.einsum("akt,akct->akc", phi_weights, self._token_log_probs(candidates).exp())
         psi = torch.log(psi_sum) + phi_peak[..., None]  # (A, K, C)
-        # a candidate that repeats g's last label extends only the paths that end in blank
-        blank_weights, blank_peak = self._scaled(state.blank[..., :frames])
-        x_last = self._token_log_probs(last_tokens[..., None])[:, :, 0].exp()  # (A, K, T)
-        psi_repeat = torch.log((blank_weights * x_last).sum(-1)) + blank_peak  # (A, K)
-        return torch.where(candidates == last_tokens[..., None], psi_repeat[..., None], psi)
+        # a candidate that repeats g's last label extends only the paths that end in blank: its
+        # score came with g's forward variables (`extend`)
+        return torch.where(candidates == last_tokens[..., None], state.repeat[..., None], psi)
 
     def _scaled(self, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, K, T) log-domain weights -> exp(weights - peak) (A, K, T), zero on padded frames,
@@ -187,8 +187,8 @@ class CTCPrefixScorer:
         nonblank, blank = state.nonblank.gather(1, index), state.blank.gather(1, index)
         repeat = (tokens == parent_last_tokens)[..., None]
         phi = torch.where(repeat, blank, torch.logaddexp(blank, nonblank))  # (A, K, T+1): phi_0..phi_T
-        x = self._token_log_probs(tokens[..., None])[:, :, 0]  # (A, K, T)
-        x = x.masked_fill(~self.valid[:, None], 0.0)  # keeps the cumulative sums finite past the end
+        log_x = self._token_log_probs(tokens[..., None])[:, :, 0]  # (A, K, T), -inf past the end
+        x = log_x.masked_fill(~self.valid[:, None], 0.0)  # keeps the cumulative sums finite past the end
         log_x_product = torch.nn.functional.pad(x.cumsum(-1), (1, 0))  # (A, K, T+1): log X_0..X_T
         start = torch.full_like(prefix[..., None], NEG_INF)  # r_0(h) = 0 for a non-empty h
         # r^n_t(h) = X_t * sum_{s<=t} phi_{s-1} / X_{s-1}
@@ -201,7 +201,10 @@ class CTCPrefixScorer:
         new_blank = blank_product[..., 1:] + torch.logcumsumexp(
             new_nonblank[..., :-1] - blank_product[..., :-1], -1
         )
-        return CTCPrefixState(new_nonblank, torch.cat([start, new_blank], dim=-1), prefix)
+        new_blank = torch.cat([start, new_blank], dim=-1)
+        # psi(h + c) for c = last(h): sum_t r^b_{t-1}(h) x_t(c), while x_t(c) is at hand
+        repeat = torch.logsumexp(new_blank[..., :-1] + log_x, -1)
+        return CTCPrefixState(new_nonblank, new_blank, prefix, repeat)
 
     def select(self, utterances: torch.Tensor) -> "CTCPrefixScorer":
         """Keep some utterances (a finished one leaves the batch) and drop frames none of them has."""
@@ -216,6 +219,7 @@ class CTCPrefixScorer:
             state.nonblank.index_select(0, utterances)[..., :frames_plus_one],
             state.blank.index_select(0, utterances)[..., :frames_plus_one],
             state.prefix.index_select(0, utterances),
+            state.repeat.index_select(0, utterances),
         )
 
 
