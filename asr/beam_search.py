@@ -9,6 +9,12 @@ kept; those that chose eos move to the finished list and free their slot, which 
 refills. An utterance is done when no live hypothesis is left or none can still beat its best
 finished one; done utterances leave the batch. At the end, back-pointers are followed from every
 finished hypothesis to its tokens and attention weights.
+
+Mixed lengths. Utterances run longest first, cut into a few spans of similar lengths
+(`length_spans`; CPU only). Each span attends and scores CTC over its own longest utterance's
+frames instead of the batch's, so short strings do not pay for a long one's padding; the results
+are the ones the padded batch gives, to rounding. On 16 digit strings of 1-5 s at beam 10 the
+search took about 5 % less time (recipes/digits/README.md).
 """
 
 import itertools
@@ -132,7 +138,9 @@ class BatchBeamSearch:
         # attend over their own frames only; `active` maps positions back to the caller's order.
         self.active = lengths.argsort(descending=True, stable=True)
         memory, lengths = memory.index_select(0, self.active), lengths.index_select(0, self.active)
-        self.span_sizes = length_spans(lengths.tolist(), self.beam)
+        # CPU only: on a GPU the padded work is nearly free and every span adds kernel launches
+        cpu = device.type == "cpu"
+        self.span_sizes = length_spans(lengths.tolist(), self.beam) if cpu else [batch]
         self.spans = self._spans(lengths)
         # the 1e-9 keeps ratio * T that is an integer in exact arithmetic from rounding the wrong way
         self.max_tokens = torch.floor(lengths.double() * options.max_length_ratio + 1e-9).long()
