@@ -176,6 +176,28 @@ def test_attention_in_spans_equals_attention_over_the_padded_batch(kind, heads):
     assert torch.all(spans[1][~mask[rows]] == 0)
 
 
+def test_location_features_in_search_equal_the_convolution(monkeypatch):
+    """Without autograd the location convolution is a product with its banded matrix (built once,
+    cut to each frame count, rebuilt when the weights change); long inputs use the windows."""
+    import asr.model.attention as attention_module
+
+    attention = small_attention("location", location_channels=3, location_kernel_size=7)
+    weight = attention.location_conv.weight
+    for frames in (200, 9, 1, 70):  # the first builds the largest matrix; the others cut it
+        previous = torch.softmax(torch.randn(4, frames), -1)
+        expected = F.conv1d(previous[:, None], weight, padding=3).transpose(1, 2)
+        with torch.no_grad():
+            torch.testing.assert_close(attention.location_features(previous), expected)
+        torch.testing.assert_close(attention.location_features(previous), expected)  # windows, autograd
+    assert attention_module._LOCATION_MATRICES[weight][1].shape == (200, 600)
+    with torch.no_grad():
+        weight.mul_(2)  # an optimiser step: the matrix follows
+        expected = F.conv1d(previous[:, None], weight, padding=3).transpose(1, 2)
+        torch.testing.assert_close(attention.location_features(previous), expected)
+        monkeypatch.setattr(attention_module, "TOEPLITZ_MAX_FRAMES", 50)
+        torch.testing.assert_close(attention.location_features(previous), expected)
+
+
 @pytest.mark.parametrize("kind", ["additive", "location"])
 def test_additive_and_location_attention_equal_their_formulas(kind):
     """e_t = v^T tanh(W_k h_t + W_q s [+ W_f (F * a_prev)_t]), the convolution as nn.functional.conv1d."""
