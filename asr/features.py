@@ -43,8 +43,10 @@ def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
-# On the CPU, a batch whose padding exceeds this share of its samples is transformed one utterance
-# at a time (`LogMelFeatures._log_mel_each`), which skips the padding.
+# In eval mode on the CPU (decoding), a batch whose padding exceeds this share of its samples is
+# transformed one utterance at a time (`LogMelFeatures._log_mel_each`), which skips the padding.
+# Training batches are duration-bucketed and keep the one batched transform, and with it their
+# exact values from run to run.
 PADDING_SHARE_PER_UTTERANCE = 0.25
 
 
@@ -86,7 +88,8 @@ class LogMelFeatures(nn.Module):
         feat_lens = self.num_frames(wave_lens)
         batch, samples = waves.shape
         if (
-            waves.device.type == "cpu"
+            not self.training
+            and waves.device.type == "cpu"
             and int(wave_lens.sum()) < (1 - PADDING_SHARE_PER_UTTERANCE) * waves.numel()
         ):
             feats = self._log_mel_each(waves, wave_lens, feat_lens)

@@ -35,11 +35,11 @@ def test_features_of_an_utterance_do_not_depend_on_padding():
 
 
 def test_a_batch_with_much_padding_gets_the_padded_transforms_frames(monkeypatch):
-    """Over 25 % padding on the CPU: one transform per utterance, the same valid frames."""
+    """Over 25 % padding on the CPU in eval mode: one transform per utterance, the same valid frames."""
     import asr.features
 
     torch.manual_seed(0)
-    features = LogMelFeatures(FeatureConfig(sample_rate=8000, num_mel_bins=40))
+    features = LogMelFeatures(FeatureConfig(sample_rate=8000, num_mel_bins=40)).eval()
     lengths = torch.tensor([8000, 3000, 100, 5000])  # 49 % padding; 100 samples: shorter than an FFT
     waves = torch.randn(4, 8000)
     each, each_lens = features(waves, lengths)
@@ -49,6 +49,9 @@ def test_a_batch_with_much_padding_gets_the_padded_transforms_frames(monkeypatch
     valid = sequence_mask(each_lens, each.shape[1])
     torch.testing.assert_close(each[valid], padded[valid], rtol=1e-5, atol=1e-5)
     assert torch.all(each[~valid] == torch.log(torch.tensor(features.config.log_floor)))
+    monkeypatch.setattr(asr.features, "PADDING_SHARE_PER_UTTERANCE", 0.25)
+    training, _ = features.train()(waves, lengths)  # training: the batched transform, as before
+    assert torch.equal(training, padded)
 
 
 def test_a_440_hz_tone_peaks_in_the_right_mel_bin():
