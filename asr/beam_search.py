@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from asr.ctc_prefix import CTCPrefixScorer, SpanCTCPrefixScorer
+from asr.ctc_prefix import CTCPrefixScorer, SpanCTCPrefixScorer, positions_per_span
 from asr.features import sequence_mask
 from asr.model.encoder import EncoderOutput
 from asr.model.las import LAS
@@ -139,8 +139,7 @@ class BatchBeamSearch:
         self.active = lengths.argsort(descending=True, stable=True)
         memory, lengths = memory.index_select(0, self.active), lengths.index_select(0, self.active)
         # CPU only: on a GPU the padded work is nearly free and every span adds kernel launches
-        cpu = device.type == "cpu"
-        self.span_sizes = length_spans(lengths.tolist(), self.beam) if cpu else [batch]
+        self.span_sizes = length_spans(lengths.tolist(), self.beam) if device.type == "cpu" else [batch]
         self.spans = self._spans(lengths)
         # the 1e-9 keeps ratio * T that is an integer in exact arithmetic from rounding the wrong way
         self.max_tokens = torch.floor(lengths.double() * options.max_length_ratio + 1e-9).long()
@@ -178,12 +177,11 @@ class BatchBeamSearch:
         """(first, end, frames) of each span over the active positions; None for a single span."""
         if len(self.span_sizes) < 2:
             return None
-        starts = list(itertools.accumulate(self.span_sizes, initial=0))
-        firsts = lengths[torch.tensor(starts[:-1], device=lengths.device)].tolist()
-        return [
-            (start, start + size, frames)
-            for start, size, frames in zip(starts, self.span_sizes, firsts, strict=False)
-        ]
+        frames, spans, start = lengths.tolist(), [], 0
+        for size in self.span_sizes:
+            spans.append((start, start + size, frames[start]))  # sorted: its first is its longest
+            start += size
+        return spans
 
     def run(self) -> list[list[Hypothesis]]:
         for step in itertools.count():
@@ -349,12 +347,8 @@ class BatchBeamSearch:
 
     def _drop_utterances(self, keep: torch.Tensor) -> None:
         """Remove done utterances from the batch and frames that no remaining one has."""
-        kept, start = keep.tolist(), 0
-        sizes = []
-        for size in self.span_sizes:
-            sizes.append(sum(start <= position < start + size for position in kept))
-            start += size
-        self.span_sizes = [size for size in sizes if size]
+        kept = positions_per_span(keep.tolist(), self.span_sizes)
+        self.span_sizes = [len(positions) for positions in kept if positions]
         self.active = self.active.index_select(0, keep)
         self.max_tokens = self.max_tokens.index_select(0, keep)
         self.min_tokens = self.min_tokens.index_select(0, keep)

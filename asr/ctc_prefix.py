@@ -223,6 +223,15 @@ class CTCPrefixScorer:
         )
 
 
+def positions_per_span(positions: list[int], sizes: list[int]) -> list[list[int]]:
+    """Ascending positions in a batch cut into spans of `sizes` -> each span's own positions."""
+    kept, start = [], 0
+    for size in sizes:
+        kept.append([p - start for p in positions if start <= p < start + size])
+        start += size
+    return kept
+
+
 class SpanCTCPrefixScorer:
     """`CTCPrefixScorer`'s interface over a batch cut into spans of consecutive utterances, each
     span scored over its own frames only.
@@ -277,11 +286,10 @@ class SpanCTCPrefixScorer:
 
     def _per_span(self, utterances: torch.Tensor) -> list[torch.Tensor]:
         """Kept utterances (ascending positions in the batch) -> each span's own positions."""
-        positions, start, kept = utterances.tolist(), 0, []
-        for size in self.sizes:
-            kept.append([p - start for p in positions if start <= p < start + size])
-            start += size
-        return [torch.tensor(k, dtype=torch.long, device=utterances.device) for k in kept]
+        return [
+            torch.tensor(kept, dtype=torch.long, device=utterances.device)
+            for kept in positions_per_span(utterances.tolist(), self.sizes)
+        ]
 
     def select(self, utterances: torch.Tensor) -> "SpanCTCPrefixScorer":
         """Keep some utterances: each span keeps its own and drops frames none of them has; an

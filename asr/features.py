@@ -86,7 +86,6 @@ class LogMelFeatures(nn.Module):
         returns feats (batch, frames, num_mel_bins) float32 and feat_lens (batch,)
         """
         feat_lens = self.num_frames(wave_lens)
-        batch, samples = waves.shape
         if (
             not self.training
             and waves.device.type == "cpu"
@@ -94,11 +93,8 @@ class LogMelFeatures(nn.Module):
         ):
             feats = self._log_mel_each(waves, wave_lens, feat_lens)
         else:
-            waves = waves.float() * sequence_mask(wave_lens, samples)
-            if samples < self.n_fft:
-                waves = nn.functional.pad(waves, (0, self.n_fft - samples))
-            mel = self.mel(waves)  # (B, F, T)
-            feats = torch.log(mel + self.config.log_floor).transpose(1, 2)  # (B, T, F)
+            waves = waves.float() * sequence_mask(wave_lens, waves.shape[1])
+            feats = self._log_mel(waves).transpose(1, 2)  # (B, T, F)
         if self.config.utterance_mean_norm:
             valid = sequence_mask(feat_lens, feats.shape[1])[..., None].to(feats.dtype)
             mean = (feats * valid).sum(1, keepdim=True) / feat_lens[:, None, None].to(feats.dtype)
@@ -117,11 +113,14 @@ class LogMelFeatures(nn.Module):
         floor = math.log(self.config.log_floor)
         feats = waves.new_full((waves.shape[0], frames, self.config.num_mel_bins), floor, dtype=torch.float32)
         for row, (samples, length) in enumerate(zip(wave_lens.tolist(), feat_lens.tolist(), strict=True)):
-            wave = waves[row, :samples].float()
-            if samples < self.n_fft:
-                wave = nn.functional.pad(wave, (0, self.n_fft - samples))
-            feats[row, :length] = torch.log(self.mel(wave) + self.config.log_floor).t()
+            feats[row, :length] = self._log_mel(waves[row, :samples].float()).t()
         return feats
+
+    def _log_mel(self, waves: torch.Tensor) -> torch.Tensor:
+        """(..., samples) -> (..., F, T) log-mel; a clip shorter than one FFT is zero-padded to it."""
+        if waves.shape[-1] < self.n_fft:
+            waves = nn.functional.pad(waves, (0, self.n_fft - waves.shape[-1]))
+        return torch.log(self.mel(waves) + self.config.log_floor)
 
 
 class GlobalNormalization(nn.Module):
