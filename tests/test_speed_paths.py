@@ -4,6 +4,9 @@ the same logits, attention weights, loss and gradients, to floating-point tolera
 import copy
 import dataclasses
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -234,3 +237,33 @@ def test_search_steps_follow_weights_that_change_after_packing():
     # the packed copies live outside the model: it still copies and pickles after a search
     copied = copy.deepcopy(model)
     torch.save(copied, io.BytesIO())
+
+
+HUGE_PAGE_PROBE = """
+import resource, sys
+import asr, torch
+torch.ones(1)  # the allocator reads its setting at the first allocation
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as file:
+            return file.read()
+    except OSError:
+        return "[never]"
+
+
+@pytest.mark.skipif("[never]" in _transparent_huge_pages(), reason="no transparent huge pages here")
+def test_importing_asr_backs_large_tensors_with_huge_pages():
+    """64 MiB are 16,384 pages of 4 KiB; on 2 MiB pages they fault in 32 times (plus a little)."""
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    run = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) < 16384 // 4
+    env["THP_MEM_ALLOC_ENABLE"] = "0"  # the user's setting wins
+    run = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True)
+    assert int(run.stdout) >= 16384
