@@ -86,6 +86,29 @@ class OptimizerOptions:
     warmup_steps: int = 500  # linear warmup from 0
     final_lr_ratio: float = 0.02  # cosine decay to lr * final_lr_ratio at the last step
 
+    def adamw(self, parameters) -> torch.optim.AdamW:
+        """AdamW with these options, its update fused into one operation where PyTorch has the
+        kernel (floating-point parameters on the CPU or a CUDA GPU): `use_fused_optimizer`."""
+        parameters = list(parameters)
+        return torch.optim.AdamW(
+            parameters,
+            lr=self.lr,
+            betas=self.betas,
+            weight_decay=self.weight_decay,
+            fused=use_fused_optimizer(parameters),
+        )
+
+
+def use_fused_optimizer(parameters) -> bool:
+    """Whether Adam(W)'s fused kernels apply: the same update, to rounding, in one operation
+    instead of PyTorch's default loop of a dozen element-wise operations per parameter on the CPU.
+    On the benchmark contract's 12M parameters (2 CPU threads) a step of Adam took 6.5 ms fused
+    against 27.6 ms (README, "Performance")."""
+    parameters = list(parameters)
+    return bool(parameters) and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters
+    )
+
 
 @dataclass
 class Run:
@@ -359,12 +382,7 @@ def fit(
         SpeechDataset(tokenizer, sample_rate),
         LoaderConfig(loader_config.max_duration, num_buckets=loader_config.num_buckets, shuffle=False),
     )
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=optimizer_options.lr,
-        betas=optimizer_options.betas,
-        weight_decay=optimizer_options.weight_decay,
-    )
+    optimizer = optimizer_options.adamw(model.parameters())
     steps_per_epoch = count_batches(corpus.train_cuts(0), loader_config, seed, process)
     total_steps = steps_per_epoch * options.max_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -42,7 +42,9 @@ def build(name: str, cfg: dict, batch):
     model = peer_team.contract_model(cfg, input_feeding=input_feeding).train()
     if name == "reference":
         peer_team.use_step_by_step_paths(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    # fused as asr-train fuses it, except in the reference (PyTorch's default loop, as before issue 7)
+    fused = name != "reference" and peer_team.use_fused_optimizer(model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], fused=fused)
     bf16 = name.endswith("_bf16")
 
     def step():

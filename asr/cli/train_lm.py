@@ -214,12 +214,7 @@ def fit_language_model(
     exp_dir, device = Path(options.exp_dir), resolve_device(options.device)
     exp_dir.mkdir(parents=True, exist_ok=True)
     lm.to(device)
-    optimizer = torch.optim.AdamW(
-        lm.parameters(),
-        lr=optimizer_options.lr,
-        betas=optimizer_options.betas,
-        weight_decay=optimizer_options.weight_decay,
-    )
+    optimizer = optimizer_options.adamw(lm.parameters())
     total_steps = len(make_batches(train, options.batch_tokens, rng=None)) * options.max_epochs
     total_steps = min(total_steps, options.max_steps or total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
