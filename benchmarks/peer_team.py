@@ -108,7 +108,9 @@ def step_by_step_paths(model: LAS):
 def build_train(cfg, batch, **variant):
     model = contract_model(cfg, **variant).train()
     # the contract's Adam, fused as asr-train fuses its AdamW (`asr.train.use_fused_optimizer`)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], fused=use_fused_optimizer(model.parameters()))
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg["lr"], fused=use_fused_optimizer(model.parameters())
+    )
     feats, feat_lens, text, text_lens = batch
 
     def step():

@@ -25,6 +25,7 @@ from torch import nn
 
 from asr.model.attention import Attention
 from asr.model.recurrence import (
+    LoopContexts,
     LoopLinear,
     loop_cell,
     lstm_pointwise,
@@ -173,6 +174,9 @@ class AttentionDecoder(nn.Module):
             for layer, cell in enumerate(self.cells)
         ]
         query = LoopLinear.from_linear(self.attention.query_projection, steps, batch)
+        # where the context is the weights' sum of memory frames, memory's gradient from the
+        # contexts is one product after the loop (LoopContexts), not one per step
+        contexts = LoopContexts(memory, steps) if self.attention.weights_then_context else None
         states, context, weights = self._layer_states(state), state.context, state.weights
         all_hidden, all_contexts, all_weights = [], [], []
         for i in range(steps):
@@ -181,7 +185,11 @@ class AttentionDecoder(nn.Module):
                 states[layer] = cell(i, x, states[layer])
                 x = self.dropout(states[layer][0])
             hidden = states[-1][0]
-            context, weights = self.attention.attend(query(i, hidden), keys, memory, mask, weights)
+            if contexts is None:
+                context, weights = self.attention.attend(query(i, hidden), keys, memory, mask, weights)
+            else:
+                weights = self.attention.attend_weights(query(i, hidden), keys, mask, weights)
+                context = contexts(i, weights)
             all_hidden.append(hidden)
             all_contexts.append(context)
             all_weights.append(weights)

@@ -160,6 +160,57 @@ class LoopLinear:
         return torch.addmm(self.offsets[step], x, self.weight_t)
 
 
+class _DeferredMemoryGradient(torch.autograd.Function):
+    """memory (B, T, E) -> zeros (U, B, E), which step i's context adds; backward returns
+    dL/dmemory = sum_i w_i^T dL/dc_i for all U steps in one batched product.
+
+    `weights` is the list of per-step weights w_i (B, T), filled by the loop after this node is
+    created (as `_DeferredWeightGradient`'s inputs).
+    """
+
+    @staticmethod
+    def forward(ctx, memory, steps, weights):
+        ctx.weights, ctx.memory_dtype = weights, memory.dtype
+        return memory.new_zeros(steps, memory.shape[0], memory.shape[2])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        steps = len(ctx.weights)
+        if steps != grad.shape[0]:
+            raise RuntimeError(f"LoopContexts was called for {steps} of {grad.shape[0]} steps")
+        weights = torch.stack(ctx.weights, dim=2).to(grad.dtype)  # (B, T, U)
+        return torch.bmm(weights, grad.transpose(0, 1)).to(ctx.memory_dtype), None, None
+
+
+class LoopContexts:
+    """c_i = sum_t w_i[t] memory[t] at step i of a loop, with dL/dmemory computed once after it.
+
+    Autograd through a per-step (B, 1, T) x (B, T, E) product computes, at every step, the outer
+    product w_i^T dL/dc_i, (B, T, E), and adds it into memory's gradient: two passes over a
+    (B, T, E) buffer per step. Here memory is detached inside the loop and its gradient is one
+    (B, T, U) x (B, U, E) product after it. The contexts are the same sums.
+    """
+
+    def __init__(self, memory: torch.Tensor, steps: int):
+        self.memory = memory.detach()
+        self.weights: list[torch.Tensor] | None = None
+        offsets = None
+        if torch.is_grad_enabled() and memory.requires_grad:
+            self.weights = []
+            offsets = _DeferredMemoryGradient.apply(memory, steps, self.weights).unbind(0)
+        self.offsets = offsets
+
+    def __call__(self, step: int, weights: torch.Tensor) -> torch.Tensor:
+        """weights : (B, T), step `step`'s attention weights (steps in order) -> contexts (B, E)."""
+        if self.weights is None:
+            return torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1)
+        if len(self.weights) != step:
+            raise RuntimeError(f"LoopContexts expected step {len(self.weights)}, got {step}")
+        self.weights.append(weights.detach())
+        return torch.baddbmm(self.offsets[step].unsqueeze(1), weights.unsqueeze(1), self.memory).squeeze(1)
+
+
 def lstm_pointwise(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.LSTMCell's nonlinearities. gates : (B, 4H) in PyTorch's order i, f, g, o; cell : (B, H)."""
     input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
