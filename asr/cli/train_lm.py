@@ -36,9 +36,10 @@ from asr.lm import (
     language_model_state,
     read_language_model_checkpoint,
 )
+from asr.optimizer import OptimizerOptions, warmup_cosine
 from asr.text import normalize_text
 from asr.tokenizer import tokenizer_from_dict
-from asr.train import OptimizerOptions, resolve_device, warmup_cosine
+from asr.train import resolve_device
 
 log = logging.getLogger("asr.train_lm")
 IGNORE_INDEX = -100
