@@ -15,7 +15,7 @@ from asr.decoding import DecodingOptions, search
 from asr.features import SpecAugmentConfig
 from asr.model import LAS, DecoderConfig
 from asr.model.encoder import BiLSTM
-from asr.model.recurrence import LoopLinear, run_cells
+from asr.model.recurrence import LoopContexts, LoopLinear, run_cells
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -127,6 +127,28 @@ def test_loop_linear_gives_linears_gradient_and_needs_every_step_in_order():
     with pytest.raises(RuntimeError, match="expected step 0"):
         loop(1, inputs[1])
     partial = loop(0, inputs[0])
+    with pytest.raises(RuntimeError, match="called for 1 of 3 steps"):
+        partial.sum().backward()
+
+
+def test_loop_contexts_give_the_weighted_sums_and_their_gradients():
+    torch.manual_seed(0)
+    memory = torch.randn(2, 7, 5, requires_grad=True)
+    logits = torch.randn(3, 2, 7, requires_grad=True)
+    loop = LoopContexts(memory, steps=3)
+    contexts = torch.stack([loop(i, logits[i].softmax(-1)) for i in range(3)])
+    expected = torch.einsum("ubt,bte->ube", logits.softmax(-1), memory)
+    torch.testing.assert_close(contexts, expected)
+    target = torch.randn_like(expected)
+    gradients = torch.autograd.grad((contexts * target).sum(), [memory, logits])
+    for gradient, reference in zip(
+        gradients, torch.autograd.grad((expected * target).sum(), [memory, logits]), strict=True
+    ):
+        torch.testing.assert_close(gradient, reference)
+    loop = LoopContexts(memory, steps=3)
+    with pytest.raises(RuntimeError, match="expected step 0"):
+        loop(1, logits[1])
+    partial = loop(0, logits[0].softmax(-1))
     with pytest.raises(RuntimeError, match="called for 1 of 3 steps"):
         partial.sum().backward()
 
