@@ -22,12 +22,12 @@ class OptimizerOptions:
         """AdamW with these options, its update fused into one operation where PyTorch has the
         kernel (floating-point parameters on the CPU or a CUDA GPU): `use_fused_optimizer`."""
         parameters = list(parameters)
-        return torch.optim.AdamW(
+        return fused_where_possible(
+            torch.optim.AdamW,
             parameters,
             lr=self.lr,
             betas=self.betas,
             weight_decay=self.weight_decay,
-            fused=use_fused_optimizer(parameters),
         )
 
 
@@ -40,6 +40,32 @@ def use_fused_optimizer(parameters) -> bool:
     return bool(parameters) and all(
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters
     )
+
+
+def fused_where_possible(optimizer_class, parameters, **options) -> torch.optim.Optimizer:
+    """`optimizer_class(parameters, fused=..., **options)`, fused where `use_fused_optimizer` says so.
+
+    PyTorch's fused kernels update the parameters in place without bumping their version counters
+    (torch 2.14: `p._version` stays the same across `step()`), and the search's caches of packed
+    weights and location matrices (`asr.model.recurrence.packed_weight`,
+    `asr.model.attention.location_matrix`) are keyed on the version: without a bump, validation
+    during training would decode with the first epoch's weights. A hook after each step bumps
+    every parameter's version by multiplying one of its values by 1 in place (no value changes).
+    """
+    parameters = list(parameters)
+    fused = use_fused_optimizer(parameters)
+    optimizer = optimizer_class(parameters, fused=fused, **options)
+    if fused:
+        optimizer.register_step_post_hook(_bump_versions)
+    return optimizer
+
+
+@torch.no_grad()
+def _bump_versions(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            if parameter.numel():  # one element, a view sharing the parameter's version counter
+                parameter.detach()[(0,) * parameter.dim()].mul_(1)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, final_ratio: float):

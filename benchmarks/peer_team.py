@@ -38,7 +38,7 @@ from asr.decoding import DecodingOptions, search  # noqa: E402
 from asr.features import FeatureConfig, SpecAugmentConfig  # noqa: E402
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig  # noqa: E402
 from asr.model.encoder import BiLSTM  # noqa: E402
-from asr.optimizer import use_fused_optimizer  # noqa: E402
+from asr.optimizer import fused_where_possible  # noqa: E402
 
 
 def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0) -> LAS:
@@ -107,10 +107,8 @@ def step_by_step_paths(model: LAS):
 
 def build_train(cfg, batch, **variant):
     model = contract_model(cfg, **variant).train()
-    # the contract's Adam, fused as asr-train fuses its AdamW (`asr.optimizer.use_fused_optimizer`)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg["lr"], fused=use_fused_optimizer(model.parameters())
-    )
+    # the contract's Adam, fused as asr-train fuses its AdamW (`asr.optimizer.fused_where_possible`)
+    optimizer = fused_where_possible(torch.optim.Adam, model.parameters(), lr=cfg["lr"])
     feats, feat_lens, text, text_lens = batch
 
     def step():

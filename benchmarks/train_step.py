@@ -43,8 +43,10 @@ def build(name: str, cfg: dict, batch):
     if name == "reference":
         peer_team.use_step_by_step_paths(model)
     # fused as asr-train fuses it, except in the reference (PyTorch's default loop, as before issue 7)
-    fused = name != "reference" and peer_team.use_fused_optimizer(model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"], fused=fused)
+    if name == "reference":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    else:
+        optimizer = peer_team.fused_where_possible(torch.optim.Adam, model.parameters(), lr=cfg["lr"])
     bf16 = name.endswith("_bf16")
 
     def step():
