@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from asr.cli.train import build_model, build_tokenizer
 from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
+from asr.optimizer import fused_where_possible
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -117,7 +118,9 @@ def main():
     args = build_parser().parse_args()
     torch.set_num_threads(args.threads)
     config, corpus, model, dataset, loader_config = load_setup(args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr)
+    optimizer = fused_where_possible(
+        torch.optim.AdamW, model.parameters(), lr=config.optimizer.lr
+    )  # as asr-train
     grad_clip = config.trainer.grad_clip
 
     def loader():  # epoch 0's strings and batches every time: both loops train on the same batches
