@@ -164,20 +164,24 @@ class AudioCache:
 
     def _clip(self, cut) -> np.ndarray | None:
         recording = getattr(cut, "recording", None)
-        if recording is None or recording.id not in self.sample_rate:
+        if recording is None:
             return None
-        factor = 1.0
-        for transform in recording.transforms or []:
+        # lhotse's perturb_speed renames the recording (id + "_sp0.9") and keeps its sources
+        recording_id, factor = recording.id, 1.0
+        for transform in reversed(recording.transforms or []):
             if type(transform).__name__ != "Speed":
                 return None
+            recording_id = recording_id.removesuffix(f"_sp{transform.factor}")
             factor *= transform.factor
-        key = (recording.id, round(factor, 6))
+        if recording_id not in self.sample_rate:
+            return None
+        key = (recording_id, round(factor, 6))
         if key not in self.audio:
-            rate = self.sample_rate[recording.id]
-            original = torch.from_numpy(self.audio[(recording.id, 1.0)])
+            rate = self.sample_rate[recording_id]
+            original = torch.from_numpy(self.audio[(recording_id, 1.0)])
             # speed perturbation = resample, then play at the original rate (Ko et al. 2015)
             self.audio[key] = torchaudio.functional.resample(original, round(rate * factor), rate).numpy()
-        rate = self.sample_rate[recording.id]
+        rate = self.sample_rate[recording_id]
         start = round(cut.start * rate)
         return self.audio[key][start : start + round(cut.duration * rate)]
 

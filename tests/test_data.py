@@ -62,7 +62,9 @@ def test_strings_are_deterministic_single_speaker_and_labelled_in_order(clips):
 def test_audio_cache_renders_strings_exactly_like_lhotse(clips, tokenizer):
     train, _ = split_clips(clips)
     strings = make_strings(train, 12, StringConfig(speed_factors=(0.9, 1.1)), seed=1, prefix="s")
-    cached = SpeechDataset(tokenizer, 8000, cache=AudioCache(train))[strings]
+    cache = AudioCache(train)
+    assert all(cache.render(cut) is not None for cut in strings)  # speed-perturbed clips included
+    cached = SpeechDataset(tokenizer, 8000, cache=cache)[strings]
     plain = SpeechDataset(tokenizer, 8000)[strings]
     assert torch.equal(cached.wave_lens, plain.wave_lens)
     torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
@@ -81,7 +83,9 @@ def test_speed_per_digit_draws_a_factor_for_every_digit_and_renders_like_lhotse(
     assert sum(len(set(factors(cut))) == 2 for cut in strings) >= 6  # mixed factors within a string
     whole = make_strings(train, 8, StringConfig(min_digits=6, max_digits=6, speed_factors=(0.9, 1.1)), 2, "s")
     assert all(len(set(factors(cut))) == 1 for cut in whole)  # the default: one factor per string
-    cached = SpeechDataset(tokenizer, 8000, cache=AudioCache(train))[strings]
+    cache = AudioCache(train)
+    assert all(cache.render(cut) is not None for cut in strings)
+    cached = SpeechDataset(tokenizer, 8000, cache=cache)[strings]
     plain = SpeechDataset(tokenizer, 8000)[strings]
     torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
 
