@@ -24,9 +24,6 @@ class FeatureConfig:
     log_floor: float = 1e-6  # added to mel energies before the log, about -90 dB below full-scale speech
     utterance_mean_norm: bool = False  # subtract each utterance's own mean per bin (cepstral mean
     # normalisation): removes the fixed colouring of a microphone or channel before the global statistics
-    # training only: warp each utterance's frequency axis by a factor drawn from [1 - w, 1 + w], as a
-    # longer or shorter vocal tract would (VTLP, Jaitly & Hinton 2013); 0 = off
-    vtlp_max_warp: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,12 +94,7 @@ class LogMelFeatures(nn.Module):
             feats = self._log_mel_each(waves, wave_lens, feat_lens)
         else:
             waves = waves.float() * sequence_mask(wave_lens, waves.shape[1])
-            if self.training and self.config.vtlp_max_warp > 0:
-                draws = torch.rand(waves.shape[0], device=waves.device)  # one factor per utterance
-                factors = 1 + (2 * draws - 1) * self.config.vtlp_max_warp
-                feats = self.warped_log_mel(waves, factors)
-            else:
-                feats = self._log_mel(waves).transpose(1, 2)  # (B, T, F)
+            feats = self._log_mel(waves).transpose(1, 2)  # (B, T, F)
         if self.config.utterance_mean_norm:
             valid = sequence_mask(feat_lens, feats.shape[1])[..., None].to(feats.dtype)
             mean = (feats * valid).sum(1, keepdim=True) / feat_lens[:, None, None].to(feats.dtype)
@@ -123,28 +115,6 @@ class LogMelFeatures(nn.Module):
         for row, (samples, length) in enumerate(zip(wave_lens.tolist(), feat_lens.tolist(), strict=True)):
             feats[row, :length] = self._log_mel(waves[row, :samples].float()).t()
         return feats
-
-    def warped_log_mel(self, waves: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-        """(B, samples), (B,) warp factors -> (B, T, F) log-mel frames with each utterance's
-        frequencies f read as w(f): alpha f below a break, then linear up to the Nyquist frequency,
-        which stays in place (Jaitly & Hinton 2013, with their break at 0.6 of it). The mel filters
-        are evaluated at the warped frequencies, one filterbank per utterance; factor 1 gives the
-        plain frames."""
-        if waves.shape[-1] < self.n_fft:
-            waves = nn.functional.pad(waves, (0, self.n_fft - waves.shape[-1]))
-        power = self.mel.spectrogram(waves)  # (B, bins, T)
-        filters = self.mel.mel_scale.fb  # (bins, F)
-        nyquist = filters.shape[0] - 1
-        bins = torch.arange(filters.shape[0], device=waves.device, dtype=torch.float32)
-        alpha = factors.float()[:, None]
-        corner = 0.6 * nyquist * alpha.clamp(max=1.0) / alpha  # the break, where w(f) = 0.6 N min(alpha, 1)
-        upper = nyquist - (nyquist - alpha * corner) / (nyquist - corner) * (nyquist - bins)
-        position = torch.where(bins <= corner, alpha * bins, upper).clamp(0, nyquist)  # (B, bins)
-        low = position.floor().long().clamp(max=nyquist - 1)
-        weight = (position - low)[..., None]
-        warped = filters[low] * (1 - weight) + filters[low + 1] * weight  # (B, bins, F)
-        mel = torch.bmm(power.transpose(1, 2), warped)  # (B, T, F)
-        return torch.log(mel + self.config.log_floor)
 
     def _log_mel(self, waves: torch.Tensor) -> torch.Tensor:
         """(..., samples) -> (..., F, T) log-mel; a clip shorter than one FFT is zero-padded to it."""

@@ -64,26 +64,6 @@ def test_a_440_hz_tone_peaks_in_the_right_mel_bin():
     assert abs(int(centres[peak]) * 16000 / features.n_fft - 440) < 60
 
 
-def test_vtlp_warps_frequencies_by_each_utterances_factor_in_training_only():
-    torch.manual_seed(0)
-    config = FeatureConfig(sample_rate=8000, f_max=4000.0, vtlp_max_warp=0.1)
-    features = LogMelFeatures(config)
-    t = torch.arange(8000) / 8000
-    tone = torch.sin(2 * torch.pi * 1000 * t)[None].repeat(3, 1)  # below the break: w(f) = alpha f
-    warped = features.warped_log_mel(tone, torch.tensor([0.9, 1.0, 1.1]))
-    peaks = warped.mean(1).argmax(-1).tolist()
-    assert peaks[0] < peaks[1] < peaks[2]
-    # factor 1 is the plain transform, bit for bit
-    assert torch.equal(warped[1], features._log_mel(tone[1]).t())
-    noise = torch.randn(2, 8000)
-    lengths = torch.tensor([8000, 8000])
-    plain, _ = features.eval()(noise, lengths)
-    assert torch.equal(features(noise, lengths)[0], plain)  # eval mode: never warped
-    trained, _ = features.train()(noise, lengths)
-    assert trained.shape == plain.shape and torch.isfinite(trained).all()
-    assert not torch.allclose(trained, plain)  # a random factor per utterance
-
-
 def test_normalisation_uses_statistics_and_zeroes_padding():
     feats = torch.randn(2, 50, 4) * 3 + 7
     lens = torch.tensor([50, 30])
