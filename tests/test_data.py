@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -130,8 +132,6 @@ def test_collate_pads_and_keeps_lengths():
 
 
 def test_a_bad_file_is_skipped_and_counted(tmp_path, fsdd_dir, tokenizer):
-    import shutil
-
     for name in ("0_george_0", "1_george_0"):
         shutil.copy(fsdd_dir / "recordings" / f"{name}.flac", tmp_path / f"{name}.flac")
     cuts = fsdd_clips(tmp_path)
@@ -154,6 +154,36 @@ def test_prepare_writes_manifests_and_audio(tmp_path, fsdd_dir):
         assert (tmp_path / "test" / "audio" / f"{cut.id}.flac").is_file()
     again = prepare_digits(fsdd_dir, tmp_path / "again", num_dev=6, num_test=9)
     assert [c.duration for c in load_cuts(again["test"])] == [c.duration for c in test]
+
+
+def test_held_out_strings_use_every_recording_of_the_speaker_once(tmp_path, fsdd_dir):
+    """`--held-out lucas`: strings of all of lucas' recordings, both splits, each exactly once."""
+    folder = tmp_path / "fsdd"
+    folder.mkdir()
+    names = [
+        f"{digit}_{speaker}_{take}"
+        for digit in range(10)
+        for speaker in ("lucas", "george")
+        for take in (0, 7)
+    ]
+    for name in names:
+        shutil.copy(fsdd_dir / "recordings" / f"{name}.flac", folder / f"{name}.flac")
+    paths = prepare_digits(folder, tmp_path / "data", num_dev=2, num_test=0, num_long=0, held_out=("lucas",))
+    from asr.corpora.manifest import load_cuts
+    from asr.metrics import read_transcripts
+
+    strings = load_cuts(paths["held_out_lucas"])
+    words = sorted(
+        word
+        for text in read_transcripts(tmp_path / "data" / "held_out_lucas" / "transcripts.txt").values()
+        for word in text.split()
+    )
+    assert words == sorted(2 * [DIGIT_WORDS[d] for d in range(10)])  # 20 recordings: takes 0 and 7
+    assert all(1 <= len(c.supervisions[0].text.split()) <= 7 for c in strings)
+    clip_seconds = sum(c.duration for c in fsdd_clips(folder) if c.custom["speaker"] == "lucas")
+    assert sum(c.duration for c in strings) > clip_seconds  # the recordings plus pauses
+    with pytest.raises(ValueError, match="no recordings of theo"):
+        prepare_digits(folder, tmp_path / "other", num_dev=0, num_test=0, num_long=0, held_out=("theo",))
 
 
 FEATURES = LogMelFeatures(FeatureConfig(sample_rate=8000, f_max=4000.0))

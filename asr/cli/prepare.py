@@ -1,6 +1,6 @@
 """`asr-prepare CORPUS`: write the lhotse manifests a recipe trains and scores on.
 
-asr-prepare digits --out exp/digits/data [--fsdd-dir DIR]
+asr-prepare digits --out exp/digits/data [--fsdd-dir DIR] [--held-out SPEAKER]
 asr-prepare kathleen --out exp/kathleen/data [--kathleen-dir DIR]   (downloads without a folder)
 asr-prepare librispeech --out exp/librispeech/data [--librispeech-dir DIR] [--subset train-clean-100]
 """
@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=50,
         help="long strings of 20-40 digits (takes 2-4), longer than any training string",
+    )
+    digits.add_argument(
+        "--held-out",
+        action="append",
+        default=[],
+        metavar="SPEAKER",
+        help="also write held_out_SPEAKER/: strings of all that speaker's recordings, each once, to score "
+        "a model trained with data.corpus.exclude_speakers=[SPEAKER] (repeatable)",
     )
     digits.add_argument("--seed", type=int, default=20261125)
     kathleen = corpora.add_parser(
@@ -82,7 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.corpus == "digits":
             paths = prepare_digits(
-                args.fsdd_dir, args.out, args.num_dev, args.num_test, args.num_long, args.seed
+                args.fsdd_dir,
+                args.out,
+                args.num_dev,
+                args.num_test,
+                args.num_long,
+                args.seed,
+                tuple(args.held_out),
             )
         elif args.corpus == "kathleen":
             paths = prepare_kathleen(args.kathleen_dir, args.out)

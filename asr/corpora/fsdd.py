@@ -77,7 +77,11 @@ def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: s
     """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the
     whole string (or one per digit with `speed_per_digit`)."""
     count = rng.randint(config.min_digits, config.max_digits)
-    chosen = [rng.choice(clips) for _ in range(count)]
+    return join_clips([rng.choice(clips) for _ in range(count)], rng, config, cut_id)
+
+
+def join_clips(chosen: list, rng: random.Random, config: StringConfig, cut_id: str):
+    """The clips in order as one MixedCut: speed factors, pauses and edge silences drawn from `rng`."""
     if config.speed_per_digit:
         speeds = [rng.choice(config.speed_factors) for _ in chosen]
     else:
@@ -102,6 +106,25 @@ def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: in
         make_string(speakers[names[i % len(names)]], rng, config, f"{prefix}{i:05d}_{names[i % len(names)]}")
         for i in range(num_strings)
     )
+
+
+def speaker_strings(clips: list, config: StringConfig, seed: int, prefix: str) -> CutSet:
+    """Strings that use each of `clips` (one speaker's recordings, both splits) exactly once.
+
+    For a speaker left out of training (`exclude_speakers`): its 500 recordings measure an unseen voice
+    with far less noise than its 30 test-split ones, which the test strings reuse, so that one
+    misheard recording moves that speaker's test WER by several points (recipes/digits/README.md).
+    """
+    rng = random.Random(seed)
+    order = sorted(clips, key=lambda clip: clip.id)
+    rng.shuffle(order)
+    strings, start = [], 0
+    while start < len(order):
+        count = rng.randint(config.min_digits, config.max_digits)
+        string = join_clips(order[start : start + count], rng, config, f"{prefix}{len(strings):05d}")
+        strings.append(string)
+        start += count
+    return CutSet.from_cuts(strings)
 
 
 def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
@@ -131,6 +154,7 @@ def prepare_digits(
     num_test: int = 200,
     num_long: int = 50,
     seed: int = 20261125,
+    held_out: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """Write the clip manifests and the fixed dev, test and long-test strings of the digits recipe.
 
@@ -138,11 +162,20 @@ def prepare_digits(
     on never share a recording with the strings it is scored on. Pauses between digits are digital
     silence of 50-400 ms, as in recordings made by concatenating clips. The long set (takes 2-4,
     20-40 digits, 10-25 s) is longer than any training string: it measures how attention copes with
-    lengths it never saw.
+    lengths it never saw. For each speaker named in `held_out`, `held_out_<speaker>` holds strings
+    that use all of that speaker's recordings once (`speaker_strings`), to score a model trained
+    without the speaker.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train, test = split_clips(fsdd_clips(fsdd_dir))
+    clips = fsdd_clips(fsdd_dir)
+    speakers = _by_speaker(clips)
+    unknown = sorted(set(held_out) - set(speakers))
+    if unknown:
+        raise ValueError(
+            f"{fsdd_dir}: no recordings of {', '.join(unknown)} (speakers: {', '.join(speakers)})"
+        )
+    train, test = split_clips(clips)
     train.to_file(out_dir / "fsdd_train_clips.jsonl.gz")
     test.to_file(out_dir / "fsdd_test_clips.jsonl.gz")
     normal = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
@@ -167,6 +200,11 @@ def prepare_digits(
             sum(c.duration for c in strings) / 60,
             out_dir / name,
         )
+    for speaker in held_out:
+        strings = speaker_strings(speakers[speaker], normal, seed + 4, prefix=f"digits_heldout_{speaker}_")
+        write_strings(strings, out_dir / f"held_out_{speaker}")
+        paths[f"held_out_{speaker}"] = out_dir / f"held_out_{speaker}" / "cuts.jsonl.gz"
+        log.info("wrote %d strings of all %d recordings of %s", len(strings), len(speakers[speaker]), speaker)
     return paths
 
 
