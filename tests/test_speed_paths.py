@@ -15,7 +15,7 @@ from asr.decoding import DecodingOptions, search
 from asr.features import SpecAugmentConfig
 from asr.model import LAS, DecoderConfig
 from asr.model.encoder import BiLSTM
-from asr.model.recurrence import LoopContexts, LoopLinear, run_cells
+from asr.model.recurrence import Embedded, LoopContexts, LoopLinear, LoopLSTMCell, run_cells
 from asr.optimizer import OptimizerOptions
 from tests.conftest import tiny_config
 
@@ -130,6 +130,51 @@ def test_loop_linear_gives_linears_gradient_and_needs_every_step_in_order():
     partial = loop(0, inputs[0])
     with pytest.raises(RuntimeError, match="called for 1 of 3 steps"):
         partial.sum().backward()
+
+
+@pytest.mark.parametrize("known", ["embedded", "dense", "none"])
+def test_loop_lstm_cell_gives_lstm_cells_outputs_and_gradients(known):
+    """Known inputs as embedded tokens (the table's rows), as a tensor (embeddings with dropout) or
+    none (a second layer): outputs and every gradient are a plain nn.LSTMCell loop's."""
+    torch.manual_seed(0)
+    steps, batch, known_dim, input_dim, hidden_dim = 4, 3, 5, 6, 7
+    embedding = torch.nn.Embedding(11, known_dim)
+    cell = torch.nn.LSTMCell((known_dim if known != "none" else 0) + input_dim, hidden_dim)
+    tokens = torch.randint(0, 11, (steps, batch))
+    inputs = torch.randn(steps, batch, input_dim, requires_grad=True)
+    start = (torch.zeros(batch, hidden_dim), torch.zeros(batch, hidden_dim))
+    parameters = [embedding.weight, *cell.parameters(), inputs]
+
+    def plain_loop():
+        state, outputs = start, []
+        for i in range(steps):
+            x = inputs[i] if known == "none" else torch.cat([embedding(tokens[i]), inputs[i]], dim=1)
+            state = cell(x, state)
+            outputs.append(state[0] * state[1])
+        return torch.stack(outputs)
+
+    def loop_cell():
+        given = {"embedded": Embedded(tokens, embedding.weight), "dense": embedding(tokens), "none": None}
+        loop, state, outputs = LoopLSTMCell(cell, given[known], steps, batch), start, []
+        for i in range(steps):
+            state = loop(i, inputs[i], state)
+            outputs.append(state[0] * state[1])
+        return torch.stack(outputs)
+
+    expected, output = plain_loop(), loop_cell()
+    torch.testing.assert_close(output, expected)
+    used = [p for p in parameters if p is not embedding.weight or known != "none"]
+    for gradient, reference in zip(
+        torch.autograd.grad(output.square().sum(), used),
+        torch.autograd.grad(expected.square().sum(), used),
+        strict=True,
+    ):
+        torch.testing.assert_close(gradient, reference)
+    partial = LoopLSTMCell(cell, Embedded(tokens, embedding.weight) if known != "none" else None, steps, batch)
+    with pytest.raises(RuntimeError, match="expected step 0"):
+        partial(1, inputs[1], start)
+    with pytest.raises(RuntimeError, match="called for 1 of 4 steps"):
+        partial(0, inputs[0], start)[0].sum().backward()
 
 
 def test_loop_contexts_give_the_weighted_sums_and_their_gradients():

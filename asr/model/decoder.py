@@ -25,6 +25,7 @@ from torch import nn
 
 from asr.model.attention import Attention
 from asr.model.recurrence import (
+    Embedded,
     LoopContexts,
     LoopLinear,
     loop_cell,
@@ -136,11 +137,16 @@ class AttentionDecoder(nn.Module):
         mask = torch.arange(memory.shape[1], device=memory.device)[None, :] < memory_lens[:, None]
         keys = self.attention.prepare(memory)
         state = self.initial_state(memory, memory_lens)
-        embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D): all steps in one call, time first
         if self.config.input_feeding:
+            # without dropout on them, the first cell projects the embedding table, not each token
+            dropout = self.training and self.config.dropout > 0
+            embedded = Embedded(tokens_in.t(), self.embedding.weight)
+            if dropout:
+                embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D), time first
             hidden, contexts, weights = self._input_feeding_loop(embedded, state, keys, memory, mask)
         else:
             states = self._layer_states(state)
+            embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D): all steps in one call
             hidden = run_cells(self.cells, embedded, states, self.config.dropout, self.training)
             contexts, weights = self._attention_loop(hidden, state.weights, keys, memory, mask)
         # the output layer for all steps in one GEMM: (U, B, H + E) -> (B, U, V)
@@ -167,7 +173,8 @@ class AttentionDecoder(nn.Module):
         )
 
     def _input_feeding_loop(self, embedded, state: DecoderState, keys, memory, mask):
-        """embedded (U, B, D) -> hidden (U, B, H), contexts (U, B, E), weights (U, B, T), as `step` does."""
+        """embedded (U, B, D) or `Embedded` tokens -> hidden (U, B, H), contexts (U, B, E), weights
+        (U, B, T), as `step` does."""
         steps, batch = embedded.shape[:2]
         cells = [
             loop_cell(cell, embedded if layer == 0 else None, steps, batch)

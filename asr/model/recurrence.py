@@ -15,6 +15,7 @@ The cells compute what `nn.LSTMCell` and `nn.GRUCell` compute, up to floating-po
 import contextlib
 import functools
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -238,14 +239,114 @@ def _known_projection(weight, bias, known: torch.Tensor | None, steps: int, batc
     return projected.view(steps, batch, -1)
 
 
-class LoopLSTMCell:
-    """An nn.LSTMCell whose input at step i is [known_i, x_i]: known (U, B, D0) for all steps at once."""
+class Embedded(NamedTuple):
+    """Token embeddings without dropout, as ids and the table: a loop cell whose known input this is
+    projects the table once (V rows) instead of every step's embedding (U x B rows)."""
 
-    def __init__(self, cell: nn.LSTMCell, known: torch.Tensor | None, steps: int, batch: int):
+    tokens: torch.Tensor  # (U, B) ids
+    weight: torch.Tensor  # (V, D0) the embedding table
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.tokens.shape, self.weight.shape[1])
+
+
+class _LoopLSTMCellGradients(torch.autograd.Function):
+    """(known, W_ih, W_hh, b_ih, b_hh) -> offsets (U, B, 4H) = b_ih + b_hh + known_i W_ih[:, :D0]^T,
+    the part of every step's gates known before the loop; backward returns every parameter's
+    gradient over all U steps at once.
+
+    The loop's steps multiply [x_i, h_i] by the detached [W_ih[:, D0:] | W_hh] and append [x_i, h_i]
+    to `inputs`; all of a step's gates get the same gradient as its offsets, so with
+    G = dL/dgates (U*B, 4H) and X = [known, x, h] stacked over steps (U*B, D0 + Dx + H):
+
+        dW_ih = G^T X[:, :D0 + Dx]     dW_hh = G^T X[:, D0 + Dx:]     db_ih = db_hh = sum G
+        dknown = G W_ih[:, :D0]
+
+    two GEMMs on column slices of X (BLAS reads them in place), so nothing is transposed or copied,
+    and each weight's gradient comes out whole: autograd through slices and a concatenation of the
+    weights zero-filled a (4H, D0 + Dx) buffer per slice and added them.
+
+    Where the known input is token embeddings without dropout (`Embedded`: ids and table E), the
+    known part is a row of P = E W_ih[:, :D0]^T (V, 4H) per token, and the gradients of that part
+    come from dP = sum of G's rows by token (V, 4H): dE = dP W_ih[:, :D0], dW_ih[:, :D0] = dP^T E,
+    products with V rows instead of U x B.
+    """
+
+    @staticmethod
+    def forward(ctx, known, embedding, tokens, weight_ih, weight_hh, bias_ih, bias_hh, inputs, steps_batch):
+        ctx.inputs = inputs
+        ctx.dtypes = (weight_ih.dtype, weight_hh.dtype, bias_ih.dtype, bias_hh.dtype)
+        ctx.save_for_backward(known, embedding, tokens, weight_ih)
+        bias = bias_ih + bias_hh
+        if embedding is not None:
+            table = torch.addmm(bias, embedding, weight_ih[:, : embedding.shape[1]].t())  # (V, 4H)
+            return table[tokens]
+        if known is None:
+            return bias.expand(*steps_batch, -1).clone()
+        projected = torch.addmm(bias, known.flatten(0, 1), weight_ih[:, : known.shape[-1]].t())
+        return projected.view(*known.shape[:2], -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        steps = len(ctx.inputs)
+        if steps != grad.shape[0]:
+            raise RuntimeError(f"LoopLSTMCell was called for {steps} of {grad.shape[0]} steps")
+        known, embedding, tokens, weight_ih = ctx.saved_tensors
+        dtype = grad.dtype
+        gates_grad = grad.flatten(0, 1)  # (U*B, 4H)
+        inputs = torch.stack(ctx.inputs).flatten(0, 1).to(dtype)  # (U*B, Dx + H)
+        if known is not None:
+            inputs = torch.cat([known.flatten(0, 1).to(dtype), inputs], dim=1)
+        known_dim = embedding.shape[1] if embedding is not None else 0  # columns not in `inputs`
+        split = weight_ih.shape[1] - known_dim  # W_ih's columns in `inputs`, then W_hh's
+        weight_ih_grad = gates_grad.t().mm(inputs[:, :split])
+        weight_hh_grad = gates_grad.t().mm(inputs[:, split:])
+        known_grad = embedding_grad = None
+        if embedding is not None:
+            table_grad = gates_grad.new_zeros(embedding.shape[0], gates_grad.shape[1])
+            table_grad.index_add_(0, tokens.flatten(), gates_grad)  # (V, 4H)
+            known_weight = weight_ih[:, :known_dim].to(dtype)
+            weight_ih_grad = torch.cat([table_grad.t().mm(embedding.to(dtype)), weight_ih_grad], dim=1)
+            if ctx.needs_input_grad[1]:
+                embedding_grad = table_grad.mm(known_weight).to(embedding.dtype)
+        elif known is not None and ctx.needs_input_grad[0]:
+            known_grad = gates_grad.mm(weight_ih[:, : known.shape[-1]].to(dtype)).view_as(known)
+        bias_grad = gates_grad.sum(0)
+        dtypes = ctx.dtypes
+        return (
+            known_grad,
+            embedding_grad,
+            None,
+            weight_ih_grad.to(dtypes[0]),
+            weight_hh_grad.to(dtypes[1]),
+            bias_grad.to(dtypes[2]),
+            bias_grad.to(dtypes[3]),
+            None,
+            None,
+        )
+
+
+class LoopLSTMCell:
+    """An nn.LSTMCell whose input at step i is [known_i, x_i]: known (U, B, D0) for all steps at once,
+    a tensor or `Embedded` tokens.
+
+    Each step's input and recurrent projections are one GEMM ([x, h] against [W_ih's columns for x |
+    W_hh], detached); the weights' gradients come after the loop (`_LoopLSTMCellGradients`).
+    """
+
+    def __init__(self, cell: nn.LSTMCell, known, steps: int, batch: int):
         known_dim = 0 if known is None else known.shape[-1]
-        offsets = _known_projection(cell.weight_ih, cell.bias_ih + cell.bias_hh, known, steps, batch)
-        # [x, h] against [W_ih's columns for x | W_hh]: input and recurrent projections in one GEMM
-        weight = torch.cat([cell.weight_ih[:, known_dim:], cell.weight_hh], dim=1)
+        self.inputs: list[torch.Tensor] = []
+        embedding, tokens = (known.weight, known.tokens) if isinstance(known, Embedded) else (None, None)
+        known = None if isinstance(known, Embedded) else known
+        parameters = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        offsets = _LoopLSTMCellGradients.apply(
+            known, embedding, tokens, *parameters, self.inputs, (steps, batch)
+        )
+        self.recording = offsets.requires_grad
+        weight = torch.cat([cell.weight_ih[:, known_dim:], cell.weight_hh], dim=1).detach()
         self.gates = LoopLinear(weight, offsets)
 
     def __call__(
@@ -253,7 +354,12 @@ class LoopLSTMCell:
     ) -> tuple[torch.Tensor, ...]:
         """x : (B, D - D0); state : (h, c) -> (h, c)."""
         hidden, cell = state
-        return lstm_pointwise(self.gates(step, torch.cat([x, hidden], dim=1)), cell)
+        inputs = torch.cat([x, hidden], dim=1)
+        if self.recording:
+            if len(self.inputs) != step:
+                raise RuntimeError(f"LoopLSTMCell expected step {len(self.inputs)}, got {step}")
+            self.inputs.append(inputs.detach())
+        return lstm_pointwise(self.gates(step, inputs), cell)
 
 
 class LoopGRUCell:
@@ -273,10 +379,12 @@ class LoopGRUCell:
         return (gru_pointwise(self.input_gates(step, x), self.hidden_gates(step, hidden), hidden),)
 
 
-def loop_cell(cell: nn.Module, known: torch.Tensor | None, steps: int, batch: int):
+def loop_cell(cell: nn.Module, known: "torch.Tensor | Embedded | None", steps: int, batch: int):
     if isinstance(cell, nn.LSTMCell):
         return LoopLSTMCell(cell, known, steps, batch)
     if isinstance(cell, nn.GRUCell):
+        if isinstance(known, Embedded):
+            known = nn.functional.embedding(known.tokens, known.weight)
         return LoopGRUCell(cell, known, steps, batch)
     raise TypeError(f"no loop form for {type(cell).__name__}")
 
