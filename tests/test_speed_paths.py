@@ -170,7 +170,8 @@ def test_loop_lstm_cell_gives_lstm_cells_outputs_and_gradients(known):
         strict=True,
     ):
         torch.testing.assert_close(gradient, reference)
-    partial = LoopLSTMCell(cell, Embedded(tokens, embedding.weight) if known != "none" else None, steps, batch)
+    given = Embedded(tokens, embedding.weight) if known != "none" else None
+    partial = LoopLSTMCell(cell, given, steps, batch)
     with pytest.raises(RuntimeError, match="expected step 0"):
         partial(1, inputs[1], start)
     with pytest.raises(RuntimeError, match="called for 1 of 4 steps"):
