@@ -275,3 +275,45 @@ def test_ctc_loss_is_finite_at_the_ctc_level():
         torch.tensor([10, 10]),
     )
     assert torch.isfinite(output.ctc_loss) and output.ctc_loss > 0
+
+
+@pytest.mark.parametrize("kind", ["additive", "location"])
+@pytest.mark.parametrize("group", [1, 3])
+def test_the_teacher_forced_attention_steps_backward_is_autograds(kind, group):
+    """Under autograd, additive and location-aware attention run one `_ScoreStep` per step, whose
+    backward is written out: gradcheck in float64, and the same weights and gradients as autograd
+    through the plain operations (the path the search takes without autograd)."""
+    from asr.model.attention import _ScoreStep
+
+    torch.manual_seed(0)
+    attention = small_attention(kind, location_channels=3, location_kernel_size=5).double()
+    lengths = torch.tensor([7, 4])
+    mask = sequence_mask(lengths, 7)
+    rows = torch.arange(2).repeat_interleave(group)
+    keys = attention.prepare(torch.randn(2, 7, 10, dtype=torch.float64)).detach().requires_grad_()
+    query = torch.randn(2 * group, 8, dtype=torch.float64, requires_grad=True)  # projected
+    scores = torch.randn(2 * group, 7, dtype=torch.float64)
+    previous = torch.softmax(scores.masked_fill(~mask[rows], -1e9), -1)
+    previous.requires_grad_()
+    parameters = [attention.score.weight, *[p for p in attention._location_weights() if p is not None]]
+    location = attention._location_weights() if kind == "location" else (None, None)
+
+    def step(query, keys, previous, *weights):
+        score, *rest = weights
+        return _ScoreStep.apply(query, keys, previous, mask, score, *(rest or location))
+
+    assert torch.autograd.gradcheck(step, (query, keys, previous, *parameters))
+    inputs = [query, keys, previous, *parameters]
+    upstream = torch.randn(2 * group, 7, dtype=torch.float64)
+    weights = attention.attend_weights(query, keys, mask, previous)
+    plain = attention.normalise(attention.energies(query, keys, previous), mask)
+    torch.testing.assert_close(weights, plain)
+    for got, expected in zip(
+        torch.autograd.grad(weights, inputs, upstream, allow_unused=True),
+        torch.autograd.grad(plain, inputs, upstream, allow_unused=True),
+        strict=True,
+    ):
+        if expected is None:  # additive attention does not read the previous weights
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, expected)
