@@ -5,8 +5,9 @@ product dL/dy_i^T x_i with the batch as its inner dimension and adds it into W's
 a (4H x B) x (B x D) GEMM that writes and then accumulates 4H x D values. `LoopLinear` computes
 y_i = x_i W^T with W detached inside the loop and gets dL/dW after the loop, as one
 (4H x U*B) x (U*B x D) GEMM over all U steps. The parts of the input that do not depend on the loop
-(the embeddings of the teacher-forced tokens) are projected for all steps in one GEMM before it,
-and each cell's input and recurrent projections are one GEMM per step ([x, h] against [W_ih | W_hh]).
+(the embeddings of the teacher-forced tokens) are projected for all steps before it (without
+dropout on them, by projecting the embedding table once: V rows instead of U*B), and each cell's
+input and recurrent projections are one GEMM per step ([x, h] against [W_ih | W_hh]).
 
 The cells compute what `nn.LSTMCell` and `nn.GRUCell` compute, up to floating-point rounding
 (`tests/test_speed_paths.py`), and read those modules' own parameters.
