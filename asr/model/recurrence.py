@@ -23,6 +23,14 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 
+def recorded_inputs(inputs: list[torch.Tensor], grad: torch.Tensor, name: str) -> torch.Tensor:
+    """The (B, D) inputs a loop recorded at each of its steps, stacked to (U*B, D) in `grad`'s dtype;
+    `grad` (U, B, out) says how many steps there were, and every one must have run."""
+    if len(inputs) != grad.shape[0]:
+        raise RuntimeError(f"{name} was called for {len(inputs)} of {grad.shape[0]} steps")
+    return torch.stack(inputs).flatten(0, 1).to(grad.dtype)
+
+
 class _DeferredWeightGradient(torch.autograd.Function):
     """offsets -> a copy of offsets; backward also returns dL/dW = sum_i dL/dy_i^T x_i in one GEMM.
 
@@ -38,11 +46,8 @@ class _DeferredWeightGradient(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        steps = len(ctx.inputs)
-        if steps != grad.shape[0]:
-            raise RuntimeError(f"LoopLinear was called for {steps} of {grad.shape[0]} steps")
         # (U, B, out) x (U, B, in) -> (out, in): the sum over steps and batch is one GEMM
-        inputs = torch.stack(ctx.inputs).flatten(0, 1).to(grad.dtype)
+        inputs = recorded_inputs(ctx.inputs, grad, "LoopLinear")
         if onednn_gemm_available(grad):  # (out, U*B) x (U*B, in) as a linear over the U*B axis
             weight_grad = onednn_linear(grad.flatten(0, 1).t().contiguous(), inputs.t().contiguous())
         else:
@@ -291,13 +296,10 @@ class _LoopLSTMCellGradients(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        steps = len(ctx.inputs)
-        if steps != grad.shape[0]:
-            raise RuntimeError(f"LoopLSTMCell was called for {steps} of {grad.shape[0]} steps")
         known, embedding, tokens, weight_ih = ctx.saved_tensors
         dtype = grad.dtype
         gates_grad = grad.flatten(0, 1)  # (U*B, 4H)
-        inputs = torch.stack(ctx.inputs).flatten(0, 1).to(dtype)  # (U*B, Dx + H)
+        inputs = recorded_inputs(ctx.inputs, grad, "LoopLSTMCell")  # (U*B, Dx + H)
         if known is not None:
             inputs = torch.cat([known.flatten(0, 1).to(dtype), inputs], dim=1)
         known_dim = embedding.shape[1] if embedding is not None else 0  # columns not in `inputs`
