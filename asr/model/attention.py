@@ -62,92 +62,6 @@ def add_query(keys: torch.Tensor, projected_query: torch.Tensor, alpha: float = 
     )
 
 
-def location_windows(previous_weights: torch.Tensor, width: int) -> torch.Tensor:
-    """(B*G, T) -> (B*G, T, K): each frame's window of K previous weights, zero beyond the ends (as
-    the location convolution pads), a view of one padded copy."""
-    padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
-    return padded.unfold(1, width, 1)
-
-
-class _ScoreStep(torch.autograd.Function):
-    """One teacher-forced step of additive or location-aware attention's weights, with a backward
-    written out: autograd through the same dozen operations recorded a node per operation at every
-    step and ran their backward one by one; this is one node per step and fewer passes.
-
-    Forward (B utterances, G query rows each, T frames, A = attention_dim, keys = 2 W_k h):
-
-        L = windows(a_prev) W_c^T            location only: (B*G, T, C)
-        E = keys + 2 q + 2 L W_f^T           twice the energies, (B*G, T, A)
-        S = sigmoid(E);  s = S (2 v);  a = masked softmax(s)
-
-    Backward, from da:
-
-        ds = a (da - sum_t da a);  dE = ds (2 v) S (1 - S)
-        dv = 2 S^T ds;  dkeys = sum_g dE;  dq = 2 sum_t dE
-        dL = 2 dE W_f;  dW_f = 2 dE^T L;  dW_c = dL^T windows;  da_prev = windows^T(dL W_c)
-
-    The weights and every gradient equal autograd's through the plain operations to rounding
-    (`tests/test_model.py` checks them with `torch.autograd.gradcheck`).
-    """
-
-    @staticmethod
-    def forward(ctx, query, keys, previous_weights, mask, score_weight, conv_weight, projection_weight):
-        energies = add_query(keys, query, alpha=2)  # (B*G, T, A), fresh
-        rows, frames, dim = energies.shape
-        location = windows = None
-        if conv_weight is not None:
-            channels, _, width = conv_weight.shape
-            windows = location_windows(previous_weights, width)
-            location = windows.matmul(conv_weight.view(channels, width).t().to(windows.dtype))
-            # Autocast leaves in-place operations alone, so the operands take the energies' dtype
-            energies.view(-1, dim).addmm_(
-                location.view(-1, channels).to(energies.dtype),
-                projection_weight.t().to(energies.dtype),
-                alpha=2,
-            )
-        sigmoid = energies.sigmoid_()
-        weights = masked_softmax(sigmoid.matmul(2 * score_weight.view(-1)), mask)
-        saved = (sigmoid, weights, score_weight, conv_weight, projection_weight, location, windows)
-        ctx.save_for_backward(*saved)
-        ctx.groups = rows // keys.shape[0]
-        return weights
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, weights_grad):
-        sigmoid, weights, score_weight, conv_weight, projection_weight, location, windows = ctx.saved_tensors
-        rows, frames, dim = sigmoid.shape
-        dtype = sigmoid.dtype
-        score_grad = weights * (weights_grad - (weights_grad * weights).sum(-1, keepdim=True))  # (B*G, T)
-        flat_sigmoid, flat_score_grad = sigmoid.view(-1, dim), score_grad.reshape(-1).to(dtype)
-        v_grad = 2 * flat_sigmoid.t().mv(flat_score_grad)  # (A,)
-        # dE = ds (2v) S (1 - S), in one fresh buffer
-        energy_grad = torch.addcmul(sigmoid, sigmoid, sigmoid, value=-1)
-        energy_grad.mul_(flat_score_grad.view(rows, frames, 1)).mul_(2 * score_weight.view(-1).to(dtype))
-        query_grad = 2 * energy_grad.sum(1)  # (B*G, A)
-        keys_grad = energy_grad
-        if ctx.groups > 1:
-            keys_grad = energy_grad.view(-1, ctx.groups, frames, dim).sum(1)
-        conv_grad = projection_grad = previous_grad = None
-        if conv_weight is not None:
-            channels, _, width = conv_weight.shape
-            # The products with C = 10 columns are formed transposed, with the long axis last:
-            # (B*G*T, A) x (A, 10) took 220 us this way round and 68 us as (10, A) x (A, B*G*T).
-            flat_energy_grad = energy_grad.view(-1, dim)
-            location_grad_t = projection_weight.t().to(dtype).mm(flat_energy_grad.t()).mul_(2)  # (C, B*G*T)
-            projection_grad = location.view(-1, channels).t().to(dtype).mm(flat_energy_grad).t().mul(2)
-            flat_windows = windows.reshape(-1, width).to(dtype)
-            conv_grad = location_grad_t.mm(flat_windows).view(channels, 1, width)
-            if ctx.needs_input_grad[2]:  # not for the first step's uniform weights
-                windows_grad = location_grad_t.t().mm(conv_weight.view(channels, width).to(dtype))
-                padded_grad = torch.ops.aten.unfold_backward(
-                    windows_grad.view(rows, frames, width), [rows, frames + width - 1], 1, width, 1
-                )
-                previous_grad = padded_grad[:, width // 2 : width // 2 + frames]
-        v_grad = v_grad.view_as(score_weight)
-        return query_grad, keys_grad, previous_grad, None, v_grad, conv_grad, projection_grad
-
-
 class Attention(nn.Module):
     """The interface. `memory` is the listener output (B, T, E); `mask` (B, T) is True on valid frames.
 
@@ -283,19 +197,7 @@ class AdditiveAttention(Attention):
         return weighted_sum(weights, memory), weights
 
     def attend_weights(self, projected_query, keys, mask, previous_weights):
-        if torch.is_grad_enabled():  # one autograd node per step (teacher forcing)
-            return _ScoreStep.apply(
-                projected_query, keys, previous_weights, mask, self.score.weight, *self._location_weights()
-            )
-        return self.normalise(self.energies(projected_query, keys, previous_weights), mask)
-
-    def _location_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The location convolution's and projection's weights; None for plain additive attention."""
-        return None, None
-
-    def energies(self, projected_query, keys, previous_weights) -> torch.Tensor:
-        """Twice the energies, 2 (W_k h_t + W_q s), a fresh (B*G, T, A) tensor."""
-        return add_query(keys, projected_query, alpha=2)
+        return self.normalise(add_query(keys, projected_query, alpha=2), mask)
 
     def normalise(self, energies, mask):
         """2e: twice the energies (B*G, T, A), a fresh tensor that this overwrites -> weights (B*G, T).
@@ -356,30 +258,28 @@ class LocationAwareAttention(AdditiveAttention):
         self.location_conv = nn.Conv1d(1, channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.location_projection = nn.Linear(channels, attention_dim, bias=False)
 
-    def _location_weights(self):
-        return self.location_conv.weight, self.location_projection.weight
-
     def location_features(self, previous_weights: torch.Tensor) -> torch.Tensor:
         """(F * a_prev)_t for every frame: previous_weights (B*G, T) -> (B*G, T, channels)."""
         channels, _, width = self.location_conv.weight.shape
         rows, frames = previous_weights.shape
         if torch.is_grad_enabled() or frames > TOEPLITZ_MAX_FRAMES:
-            # The convolution as a product with each frame's window of K previous weights: the same
-            # sums, without oneDNN's set-up cost for a tiny conv (and what `_ScoreStep` does)
-            return location_windows(previous_weights, width).matmul(
-                self.location_conv.weight.view(channels, width).t()
-            )
+            # The convolution as a product with each frame's window of K previous weights (zero
+            # beyond the ends, as the conv pads): the same sums, without oneDNN's set-up cost for a
+            # tiny conv. Training takes this path: autograd differentiates it as it is.
+            padded = nn.functional.pad(previous_weights, (width // 2, width // 2))
+            windows = padded.unfold(1, width, 1)  # (B*G, T, K)
+            return windows.matmul(self.location_conv.weight.view(channels, width).t())
         # Search: one product with the convolution's banded (T, T x channels) matrix. Its
         # (rows x T) x (T x 10 T) shape runs near the GEMM rate, where the windows' copy and the
         # (rows T x K) x (K x 10) product did not: 160 rows x 66 frames 0.11 ms instead of 0.4-1.1.
         matrix = location_matrix(self.location_conv.weight, frames)
         return (previous_weights @ matrix).view(rows, frames, channels)
 
-    def energies(self, projected_query, keys, previous_weights):
+    def attend_weights(self, projected_query, keys, mask, previous_weights):
         channels = self.location_conv.out_channels
         location = self.location_features(previous_weights)  # (B*G, T, channels)
         energies = add_query(keys, projected_query, alpha=2)
-        dim = energies.shape[-1]
+        rows, frames, dim = energies.shape
         # 2 W_f location accumulated in place by the matrix product (addmm_): no second (B*G, T, A)
         # buffer and no copy into it, which cost more than the product itself in a beam search step.
         # Autocast leaves in-place operations alone, so the operands take the energies' dtype here.
@@ -388,7 +288,7 @@ class LocationAwareAttention(AdditiveAttention):
             self.location_projection.weight.t().to(energies.dtype),
             alpha=2,
         )
-        return energies
+        return self.normalise(energies.view(rows, frames, dim), mask)
 
 
 def build_attention(config: AttentionConfig, query_dim: int, memory_dim: int) -> Attention:
