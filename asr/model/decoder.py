@@ -138,11 +138,10 @@ class AttentionDecoder(nn.Module):
         keys = self.attention.prepare(memory)
         state = self.initial_state(memory, memory_lens)
         if self.config.input_feeding:
-            # without dropout on them, the first cell projects the embedding table, not each token
-            dropout = self.training and self.config.dropout > 0
-            embedded = Embedded(tokens_in.t(), self.embedding.weight)
-            if dropout:
+            if self.training and self.config.dropout > 0:
                 embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D), time first
+            else:  # without dropout the first cell projects the embedding table, not every token
+                embedded = Embedded(tokens_in.t(), self.embedding.weight)
             hidden, contexts, weights = self._input_feeding_loop(embedded, state, keys, memory, mask)
         else:
             states = self._layer_states(state)
