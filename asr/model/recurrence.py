@@ -23,6 +23,13 @@ from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 
+def record_step(recorded: list[torch.Tensor], step: int, x: torch.Tensor, name: str) -> None:
+    """Keep step `step`'s input (detached) for a gradient after the loop; steps must come in order."""
+    if len(recorded) != step:
+        raise RuntimeError(f"{name} expected step {len(recorded)}, got {step}")
+    recorded.append(x.detach())
+
+
 def recorded_inputs(inputs: list[torch.Tensor], grad: torch.Tensor, name: str) -> torch.Tensor:
     """The (B, D) inputs a loop recorded at each of its steps, stacked to (U*B, D) in `grad`'s dtype;
     `grad` (U, B, out) says how many steps there were, and every one must have run."""
@@ -159,9 +166,7 @@ class LoopLinear:
     def __call__(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """x : (B, in), the input of step `step` (steps must come in order) -> (B, out)."""
         if self.inputs is not None:
-            if len(self.inputs) != step:
-                raise RuntimeError(f"LoopLinear expected step {len(self.inputs)}, got {step}")
-            self.inputs.append(x.detach())
+            record_step(self.inputs, step, x, "LoopLinear")
         if self.onednn and x.dtype == torch.float32:
             return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
         return torch.addmm(self.offsets[step], x, self.weight_t)
@@ -212,9 +217,7 @@ class LoopContexts:
         """weights : (B, T), step `step`'s attention weights (steps in order) -> contexts (B, E)."""
         if self.weights is None:
             return torch.bmm(weights.unsqueeze(1), self.memory).squeeze(1)
-        if len(self.weights) != step:
-            raise RuntimeError(f"LoopContexts expected step {len(self.weights)}, got {step}")
-        self.weights.append(weights.detach())
+        record_step(self.weights, step, weights, "LoopContexts")
         return torch.baddbmm(self.offsets[step].unsqueeze(1), weights.unsqueeze(1), self.memory).squeeze(1)
 
 
@@ -288,10 +291,7 @@ class _LoopLSTMCellGradients(torch.autograd.Function):
         if embedding is not None:
             table = torch.addmm(bias, embedding, weight_ih[:, : embedding.shape[1]].t())  # (V, 4H)
             return table[tokens]
-        if known is None:
-            return bias.expand(*steps_batch, -1).clone()
-        projected = torch.addmm(bias, known.flatten(0, 1), weight_ih[:, : known.shape[-1]].t())
-        return projected.view(*known.shape[:2], -1)
+        return _known_projection(weight_ih, bias, known, *steps_batch)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -359,9 +359,7 @@ class LoopLSTMCell:
         hidden, cell = state
         inputs = torch.cat([x, hidden], dim=1)
         if self.recording:
-            if len(self.inputs) != step:
-                raise RuntimeError(f"LoopLSTMCell expected step {len(self.inputs)}, got {step}")
-            self.inputs.append(inputs.detach())
+            record_step(self.inputs, step, inputs, "LoopLSTMCell")
         return lstm_pointwise(self.gates(step, inputs), cell)
 
 
