@@ -98,6 +98,30 @@ def test_encoder_is_padding_invariant(num_layers, projection):
     assert together.output[0, 2:].abs().sum() == 0
 
 
+def test_encoder_sorts_a_mixed_batch_and_returns_it_in_the_callers_order():
+    """Three lengths in an order whose sort is not its own inverse: a wrong restore shows."""
+    torch.manual_seed(0)
+    config = EncoderConfig(input_dim=4, hidden_dim=3, num_layers=1, num_pyramid_levels=2, ctc_level=1)
+    encoder = PyramidalEncoder(config).eval()  # no dropout; autograd still runs
+    lengths = torch.tensor([20, 13, 40])
+    feats = torch.randn(3, 40, 4) * sequence_mask(lengths, 40)[..., None]
+    feats.requires_grad_(True)
+    together = encoder(feats, lengths)
+    assert together.lengths.tolist() == [5, 4, 10] and together.ctc_lengths.tolist() == [10, 7, 20]
+    (together.output.sum() + together.ctc_output.sum()).backward()
+    for row, length in enumerate(lengths.tolist()):
+        alone_feats = feats[row : row + 1, :length].detach().requires_grad_(True)
+        alone = encoder(alone_feats, lengths[row : row + 1])
+        frames, ctc_frames = int(alone.lengths[0]), int(alone.ctc_lengths[0])
+        torch.testing.assert_close(together.output[row, :frames], alone.output[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            together.ctc_output[row, :ctc_frames], alone.ctc_output[0], rtol=1e-5, atol=1e-6
+        )
+        assert together.output[row, frames:].abs().sum() == 0
+        (alone.output.sum() + alone.ctc_output.sum()).backward()
+        torch.testing.assert_close(feats.grad[row, :length], alone_feats.grad[0], rtol=1e-5, atol=1e-6)
+
+
 def test_dot_product_attention_equals_torch_sdpa_with_masking():
     torch.manual_seed(0)
     attention = DotProductAttention(query_dim=6, memory_dim=10, attention_dim=8)
