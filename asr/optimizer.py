@@ -47,7 +47,7 @@ def fused_where_possible(optimizer_class, parameters, **options) -> torch.optim.
 
     PyTorch's fused kernels update the parameters in place without bumping their version counters
     (torch 2.14: `p._version` stays the same across `step()`), and the search's caches of packed
-    weights and location matrices (`asr.model.recurrence.packed_weight`,
+    weights and location matrices (`asr.model.recurrence.search_lstm_weights`,
     `asr.model.attention.location_matrix`) are keyed on the version: without a bump, validation
     during training would decode with the first epoch's weights. A hook after each step bumps
     every parameter's version by multiplying one of its values by 1 in place (no value changes).

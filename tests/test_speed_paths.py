@@ -272,11 +272,17 @@ def test_fast_paths_train_with_dropout(input_feeding):
     assert losses[-1] < losses[0]
 
 
-def test_search_steps_follow_weights_that_change_after_packing():
-    """`step` in inference reuses the cell's weights reordered for oneDNN; an optimiser step or a
-    loaded state (in-place updates) must reach the next search, as teacher forcing sees them."""
+@pytest.mark.parametrize("num_layers, input_feeding", [(1, True), (2, True), (2, False)])
+def test_search_steps_follow_weights_that_change_after_packing(num_layers, input_feeding):
+    """`step` in inference runs each LSTM cell as one oneDNN GEMM on weights packed once, with the
+    first cell's embedding share of the gates from a table (`search_lstm_weights`): it gives what
+    teacher forcing gives, and an optimiser step or a loaded state (in-place updates) of any of
+    those weights must reach the next search."""
     torch.manual_seed(0)
-    model = LAS(tiny_config(attention="location", cell="lstm")).eval()
+    decoder_config = DecoderConfig(
+        embedding_dim=8, hidden_dim=16, num_layers=num_layers, input_feeding=input_feeding
+    )
+    model = LAS(tiny_config(attention="location", cell="lstm", decoder=decoder_config)).eval()
     decoder = model.decoder
     memory, memory_lens = torch.randn(2, 6, model.encoder.output_dim), torch.tensor([6, 4])
     tokens = torch.randint(2, 11, (2, 4))
@@ -292,10 +298,16 @@ def test_search_steps_follow_weights_that_change_after_packing():
                 logits.append(step)
             return torch.stack(logits, dim=1)
 
-    for change in range(4):
+    for change in range(6):
         if change == 1:
             with torch.no_grad():
                 decoder.cells[0].weight_hh.mul_(-1.5)  # as an optimiser step: in place
+        if change == 4:
+            with torch.no_grad():
+                decoder.embedding.weight.mul_(3.0)  # the first cell's table of embedding gates
+        if change == 5:
+            with torch.no_grad():
+                decoder.cells[-1].bias_hh.add_(0.5)
         if change == 2:
             state = {k: v.clone() for k, v in model.state_dict().items()}
             state["decoder.cells.0.weight_ih"].normal_()

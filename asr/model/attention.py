@@ -218,7 +218,7 @@ class AdditiveAttention(Attention):
 # with T^2): the search then computes the location features as training does.
 TOEPLITZ_MAX_FRAMES = 320
 # convolution weight -> ((data pointer, version), (F, F x channels) banded matrix); as
-# `asr.model.recurrence.packed_weight`, weak and outside the module
+# `asr.model.recurrence.search_lstm_weights`, weak and outside the module
 _LOCATION_MATRICES = WeakIdKeyDictionary()
 
 

@@ -29,11 +29,11 @@ from asr.model.recurrence import (
     LoopContexts,
     LoopLinear,
     loop_cell,
-    lstm_pointwise,
+    lstm_pointwise_in_place,
     onednn_gemm_available,
     onednn_linear,
-    packed_weight,
     run_cells,
+    search_lstm_weights,
 )
 
 
@@ -93,24 +93,20 @@ class AttentionDecoder(nn.Module):
 
     def _advance(self, embedded, state: DecoderState, keys, memory, mask, spans=None):
         x = torch.cat([embedded, state.context], dim=-1) if self.config.input_feeding else embedded
-        # search (no autograd) on the CPU in fp32: the cell's products on oneDNN's GEMM, about twice
-        # MKL's rate for a beam's few rows (asr/model/recurrence.py); same function, other rounding
-        onednn = not torch.is_grad_enabled() and onednn_gemm_available(x)
         hidden, cell = [], []
         for layer, rnn in enumerate(self.cells):
-            if self.config.cell == "lstm" and onednn:
-                gates = onednn_linear(x.contiguous(), packed_weight(rnn.weight_ih)).add_(
-                    onednn_linear(state.hidden[layer].contiguous(), packed_weight(rnn.weight_hh))
-                )
-                h, c = lstm_pointwise(gates.add_(rnn.bias_ih).add_(rnn.bias_hh), state.cell[layer])
-                cell.append(c)
-            elif self.config.cell == "lstm":
+            if self.config.cell == "lstm":
                 h, c = rnn(x, (state.hidden[layer], state.cell[layer]))
                 cell.append(c)
             else:
                 h = rnn(x, state.hidden[layer])
             hidden.append(h)
             x = self.dropout(h)
+        return self._attend(hidden, cell, state, keys, memory, mask, spans)
+
+    def _attend(self, hidden, cell, state: DecoderState, keys, memory, mask, spans):
+        """The step's attention from the last layer's hidden state, and its logits."""
+        h = hidden[-1]
         if spans is None or len(spans) == 1:
             context, weights = self.attention(h, keys, memory, mask, state.weights)
         else:
@@ -126,7 +122,42 @@ class AttentionDecoder(nn.Module):
             frames only (`Attention.forward_in_spans`; a beam search over a length-sorted batch)
         returns logits (B, V) and the new state
         """
+        if self._search_cells_apply():
+            hidden, cell = self._search_cells(tokens, state)
+            return self._attend(hidden, cell, state, keys, memory, mask, spans)
         return self._advance(self.dropout(self.embedding(tokens)), state, keys, memory, mask, spans)
+
+    def _search_cells_apply(self) -> bool:
+        """Whether `step` can run its LSTM cells as `_search_cells` does: inference (no autograd, no
+        dropout) in fp32 on a CPU with oneDNN."""
+        return (
+            self.config.cell == "lstm"
+            and not torch.is_grad_enabled()
+            and not (self.training and self.config.dropout > 0)
+            and onednn_gemm_available(self.embedding.weight)
+        )
+
+    def _search_cells(self, tokens: torch.Tensor, state: DecoderState):
+        """The LSTM cells of one search step, each one GEMM on oneDNN (`search_lstm_weights`).
+
+        The first cell's embedding share of the gates is a row of a table made once per weight
+        change, looked up by token, instead of an embedding lookup, a concatenation and its part of
+        the product every step. oneDNN's GEMM runs a beam's few rows at about twice MKL's rate
+        (asr/model/recurrence.py). The same function as `_advance`'s cells, to rounding.
+        """
+        hidden, cell, x = [], [], None
+        for layer, rnn in enumerate(self.cells):
+            known, weight = search_lstm_weights(rnn, self.embedding if layer == 0 else None)
+            if layer == 0:
+                known = known.index_select(0, tokens)
+                inputs = [state.context] if self.config.input_feeding else []
+            else:
+                inputs = [x]
+            gates = onednn_linear(torch.cat([*inputs, state.hidden[layer]], dim=-1), weight).add_(known)
+            x, c = lstm_pointwise_in_place(gates, state.cell[layer])
+            hidden.append(x)
+            cell.append(c)
+        return hidden, cell
 
     def forward(self, tokens_in: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
         """Teacher forcing.

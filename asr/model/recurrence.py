@@ -104,21 +104,6 @@ def pack_for_onednn(weight: torch.Tensor, batch: int | None) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, batch)
 
 
-# parameter -> ((data pointer, version), packed copy); weak, and outside the modules, so that a
-# model can still be copied and pickled (an opaque oneDNN tensor cannot)
-_PACKED = WeakIdKeyDictionary()
-
-
-def packed_weight(weight: torch.Tensor) -> torch.Tensor:
-    """`pack_for_onednn(weight)`, made once and reused (every step of a search) until the weight
-    changes: an optimiser step or a loaded state bumps its version."""
-    key = (weight.data_ptr(), weight._version)
-    cached = _PACKED.get(weight)
-    if cached is None or cached[0] != key:
-        cached = _PACKED[weight] = (key, pack_for_onednn(weight, None))
-    return cached[1]
-
-
 class _OneDNNStepLinear(torch.autograd.Function):
     """offset + x W^T with W constant (LoopLinear gets dL/dW after the loop): both products on oneDNN."""
 
@@ -226,6 +211,57 @@ def lstm_pointwise(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tenso
     input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
     cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(input_gate) * torch.tanh(candidate)
     return torch.sigmoid(output_gate) * torch.tanh(cell), cell
+
+
+def lstm_pointwise_in_place(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lstm_pointwise` without autograd, overwriting `gates`: one sigmoid for all four gates.
+
+    tanh(x) = 2 sigmoid(2x) - 1, and PyTorch's CPU sigmoid is vectorised where its tanh is not: on
+    160 rows x 256 (a beam search step of 16 utterances) 111 us against 240, the same at 10 rows.
+    The two forms differ by rounding, a few 1e-7 (fp32).
+    """
+    input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
+    candidate.mul_(2)
+    gates.sigmoid_()
+    cell = torch.addcmul(forget_gate * cell, input_gate, candidate.mul_(2).sub_(1))
+    return torch.sigmoid(2 * cell).mul_(2).sub_(1).mul_(output_gate), cell
+
+
+# LSTM cell -> (its tensors' (data pointer, version), (known, packed weight)): see
+# `search_lstm_weights`. Weak, and outside the modules, so that a model can still be copied and
+# pickled (an opaque oneDNN tensor cannot)
+_SEARCH_WEIGHTS = WeakIdKeyDictionary()
+
+
+def search_lstm_weights(
+    cell: nn.LSTMCell, embedding: nn.Embedding | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A search step's LSTM cell as one GEMM: (known, W) with gates = known + [inputs, h] W^T.
+
+    With `embedding` (the first cell, whose input starts with the token's embedding), known is the
+    (V, 4H) table E W_ih[:, :D]^T + b_ih + b_hh, one row per token, and W = [W_ih[:, D:], W_hh]; else
+    known is the summed bias (4H,) and W = [W_ih, W_hh]. W is packed for oneDNN
+    (`pack_for_onednn`). Made once and reused (every step of a search) until a weight changes: an
+    optimiser step or a loaded state bumps its version. Only for inference (no dropout on the
+    embeddings).
+    """
+    tensors = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+    if embedding is not None:
+        tensors.append(embedding.weight)
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = _SEARCH_WEIGHTS.get(cell)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            bias = cell.bias_ih + cell.bias_hh
+            skip = 0 if embedding is None else embedding.embedding_dim
+            known = (
+                bias
+                if embedding is None
+                else torch.addmm(bias, embedding.weight, cell.weight_ih[:, :skip].t())
+            )
+            weight = pack_for_onednn(torch.cat([cell.weight_ih[:, skip:], cell.weight_hh], dim=1), None)
+        cached = _SEARCH_WEIGHTS[cell] = (key, (known, weight))
+    return cached[1]
 
 
 def gru_pointwise(
