@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from asr.allocator import keep_freed_memory
 from asr.checkpoint import load_model
 from asr.decoding import DecodingOptions, decode, search
 
@@ -223,6 +224,7 @@ def main(argv=None) -> int:
         print("--threads, --repeats and --num-utterances must be at least 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as asr-transcribe and asr-evaluate do (asr/allocator.py)
     model = load_model(args.model)[0] if args.model else fresh_digits_model()
     waves = load_utterances(
         args.data, args.num_utterances, model.config.features.sample_rate, args.similar_lengths

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from asr.allocator import keep_freed_memory
 from asr.checkpoint import CheckpointError, load_model
 
 # One device syntax for both commands: auto, cpu, cuda, cuda:N.
@@ -192,6 +193,7 @@ class _Setup:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `asr-evaluate`; returns the exit status (0 all scored, 1 some failed, 2 bad usage)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # batches reuse their memory instead of faulting it in again (asr/allocator.py)
     failures: list[str] = []
 
     def report_error(message: str) -> None:

@@ -17,6 +17,7 @@ from typing import TextIO
 import torch
 from tqdm import tqdm
 
+from asr.allocator import keep_freed_memory
 from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
 from asr.segmentation import SegmentationConfig
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `asr-transcribe`; returns the exit status (0 all transcribed, 1 some failed, 2 bad usage)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # batches reuse their memory instead of faulting it in again (asr/allocator.py)
     try:
         setup = _set_up(args)
     except _UsageError as error:
