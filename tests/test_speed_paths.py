@@ -15,7 +15,15 @@ from asr.decoding import DecodingOptions, search
 from asr.features import SpecAugmentConfig
 from asr.model import LAS, DecoderConfig
 from asr.model.encoder import BiLSTM
-from asr.model.recurrence import Embedded, LoopContexts, LoopLinear, LoopLSTMCell, run_cells
+from asr.model.recurrence import (
+    Embedded,
+    LoopContexts,
+    LoopLinear,
+    LoopLSTMCell,
+    lstm_pointwise,
+    lstm_pointwise_in_place,
+    run_cells,
+)
 from asr.optimizer import OptimizerOptions
 from tests.conftest import tiny_config
 
@@ -176,6 +184,21 @@ def test_loop_lstm_cell_gives_lstm_cells_outputs_and_gradients(known):
         partial(1, inputs[1], start)
     with pytest.raises(RuntimeError, match="called for 1 of 4 steps"):
         partial(0, inputs[0], start)[0].sum().backward()
+
+
+def test_in_place_lstm_nonlinearities_equal_the_cells():
+    """One sigmoid for all four gates, tanh as 2 sigmoid(2x) - 1: the cell's values to fp32 rounding,
+    saturated gates included."""
+    generator = torch.Generator().manual_seed(0)
+    gates = torch.randn(7, 4 * 5, generator=generator) * torch.tensor(
+        [0.01, 1.0, 30.0, 200.0]
+    ).repeat_interleave(5)
+    cell = torch.randn(7, 5, generator=generator) * 3
+    hidden, new_cell = lstm_pointwise(gates, cell)
+    in_place_hidden, in_place_cell = lstm_pointwise_in_place(gates.clone(), cell)
+    torch.testing.assert_close(in_place_cell, new_cell, rtol=0, atol=1e-6)
+    torch.testing.assert_close(in_place_hidden, hidden, rtol=0, atol=1e-6)
+    assert torch.isfinite(in_place_hidden).all()
 
 
 def test_loop_contexts_give_the_weighted_sums_and_their_gradients():
