@@ -400,16 +400,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def test_decoding_processes_reuse_freed_memory():
     """Four rounds of 47 MiB in 4 KiB pages (huge pages off) are 48,128 pages: with freed memory kept
-    (asr-transcribe, asr-evaluate) they come back from the heap without faulting in again; glibc's
-    defaults, which `asr-train` keeps, fault most of them in every round."""
+    (asr-transcribe, asr-evaluate) they come back from the heap without faulting in again. With
+    glibc's defaults, which `asr-train` keeps, 5 of 6 probes here faulted 5,120 pages (the 20 MiB
+    block) in every round; the rest happened to reuse it, so the default is not asserted."""
     env = {**os.environ, "THP_MEM_ALLOC_ENABLE": "0"}
-    faults = {}
-    for mode in ("keep", "default"):
-        run = subprocess.run(
-            [sys.executable, "-c", REUSE_PROBE, mode], env=env, capture_output=True, text=True, check=True
-        )
-        if run.stdout.strip() == "unsupported":
-            pytest.skip("not glibc: keep_freed_memory does not apply")
-        faults[mode] = int(run.stdout)
-    assert faults["keep"] < 64
-    assert faults["default"] > 4 * 1024  # the probe does exercise what keeping changes
+    run = subprocess.run(
+        [sys.executable, "-c", REUSE_PROBE, "keep"], env=env, capture_output=True, text=True, check=True
+    )
+    if run.stdout.strip() == "unsupported":
+        pytest.skip("not glibc: keep_freed_memory does not apply")
+    assert int(run.stdout) < 64
