@@ -18,7 +18,7 @@ import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # glibc's <malloc.h>: free memory kept at the top of the heap before trimming
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>: requests from this size up get their own mmap
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc's largest on 64-bit systems
+MMAP_THRESHOLD_MAX = 32 << 20  # the upper bound of glibc's own dynamic threshold on 64-bit systems
 
 
 def keep_freed_memory(retained_mib: int = 256) -> bool:
