@@ -127,13 +127,17 @@ class AttentionDecoder(nn.Module):
             return self._attend(hidden, cell, state, keys, memory, mask, spans)
         return self._advance(self.dropout(self.embedding(tokens)), state, keys, memory, mask, spans)
 
+    @property
+    def _dropout_active(self) -> bool:
+        return self.training and self.config.dropout > 0
+
     def _search_cells_apply(self) -> bool:
         """Whether `step` can run its LSTM cells as `_search_cells` does: inference (no autograd, no
         dropout) in fp32 on a CPU with oneDNN."""
         return (
             self.config.cell == "lstm"
             and not torch.is_grad_enabled()
-            and not (self.training and self.config.dropout > 0)
+            and not self._dropout_active
             and onednn_gemm_available(self.embedding.weight)
         )
 
@@ -169,7 +173,7 @@ class AttentionDecoder(nn.Module):
         keys = self.attention.prepare(memory)
         state = self.initial_state(memory, memory_lens)
         if self.config.input_feeding:
-            if self.training and self.config.dropout > 0:
+            if self._dropout_active:
                 embedded = self.dropout(self.embedding(tokens_in.t()))  # (U, B, D), time first
             else:  # without dropout the first cell projects the embedding table, not every token
                 embedded = Embedded(tokens_in.t(), self.embedding.weight)

@@ -213,6 +213,18 @@ def lstm_pointwise(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tenso
     return torch.sigmoid(output_gate) * torch.tanh(cell), cell
 
 
+def known_share(weight: torch.Tensor, bias: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """bias + known W[:, :D]^T: (N, D) inputs known before a loop (or a table of them) -> (N, out),
+    their share of the projection by W (out, D + ...), whose first D columns read them."""
+    return torch.addmm(bias, known, weight[:, : known.shape[-1]].t())
+
+
+def step_weight(cell: nn.LSTMCell, known_dim: int) -> torch.Tensor:
+    """[W_ih's columns after the first known_dim | W_hh]: a step's input and recurrent projections
+    as one GEMM of [x, h], when the first known_dim input columns are projected before the loop."""
+    return torch.cat([cell.weight_ih[:, known_dim:], cell.weight_hh], dim=1)
+
+
 def lstm_pointwise_in_place(gates: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`lstm_pointwise` without autograd, overwriting `gates`: one sigmoid for all four gates.
 
@@ -253,13 +265,9 @@ def search_lstm_weights(
     if cached is None or cached[0] != key:
         with torch.no_grad():
             bias = cell.bias_ih + cell.bias_hh
+            known = bias if embedding is None else known_share(cell.weight_ih, bias, embedding.weight)
             skip = 0 if embedding is None else embedding.embedding_dim
-            known = (
-                bias
-                if embedding is None
-                else torch.addmm(bias, embedding.weight, cell.weight_ih[:, :skip].t())
-            )
-            weight = pack_for_onednn(torch.cat([cell.weight_ih[:, skip:], cell.weight_hh], dim=1), None)
+            weight = pack_for_onednn(step_weight(cell, skip), None)
         cached = _SEARCH_WEIGHTS[cell] = (key, (known, weight))
     return cached[1]
 
@@ -280,8 +288,7 @@ def _known_projection(weight, bias, known: torch.Tensor | None, steps: int, batc
     """(U, B, out): bias plus the known inputs' share of the projection, for all steps in one GEMM."""
     if known is None:
         return bias.expand(steps, batch, -1)
-    projected = torch.addmm(bias, known.flatten(0, 1), weight[:, : known.shape[-1]].t())
-    return projected.view(steps, batch, -1)
+    return known_share(weight, bias, known.flatten(0, 1)).view(steps, batch, -1)
 
 
 class Embedded(NamedTuple):
@@ -325,8 +332,7 @@ class _LoopLSTMCellGradients(torch.autograd.Function):
         ctx.save_for_backward(known, embedding, tokens, weight_ih)
         bias = bias_ih + bias_hh
         if embedding is not None:
-            table = torch.addmm(bias, embedding, weight_ih[:, : embedding.shape[1]].t())  # (V, 4H)
-            return table[tokens]
+            return known_share(weight_ih, bias, embedding)[tokens]  # a (V, 4H) table, looked up
         return _known_projection(weight_ih, bias, known, *steps_batch)
 
     @staticmethod
@@ -385,7 +391,7 @@ class LoopLSTMCell:
             known, embedding, tokens, *parameters, self.inputs, (steps, batch)
         )
         self.recording = offsets.requires_grad
-        weight = torch.cat([cell.weight_ih[:, known_dim:], cell.weight_hh], dim=1).detach()
+        weight = step_weight(cell, known_dim).detach()
         self.gates = LoopLinear(weight, offsets)
 
     def __call__(
