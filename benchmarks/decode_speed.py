@@ -12,16 +12,23 @@ also holds the encoder's, which is smaller for a batch of mixed lengths (padding
 the median of `--repeats` runs after one untimed warm-up run per search; batched and
 one-at-a-time runs alternate, so that on a shared machine both see the same load.
 
-The utterances are the first `--num-utterances` test strings of the digits recipe by id
-(`asr-prepare digits` writes them to exp/digits/data/test/cuts.jsonl.gz) when that manifest
-exists, else deterministic generated audio. Their lengths are mixed, so the batch is padded to its
-longest one; `--similar-lengths` takes those around the median duration instead, as in the
-duration-sorted batches of `asr-transcribe`. Without `--model`, a freshly initialised model of the
+Two batches of `--num-utterances` test strings of the digits recipe (`asr-prepare digits` writes
+them to exp/digits/data/test/cuts.jsonl.gz) are timed, each its own rows of the table:
+
+- `mixed`: the first by id, of mixed lengths (1.0-5.3 s for the first 16), so the batch is padded
+  to its longest one: what `asr-transcribe` decodes when given a handful of files of any length;
+- `similar`: those around the median duration, as in the duration-sorted batches that
+  `asr-evaluate` and `asr-transcribe` form from a larger set.
+
+`--batches mixed` or `--batches similar` times one of them (`--similar-lengths` is the second).
+Without the manifest, deterministic generated audio stands in (1.5-4 s mixed, 2.4-2.6 s similar).
+Without `--model`, a freshly initialised model of the
 digits recipe's sizes (conf/experiment/digits.yaml) is timed, with eos suppressed so that every
 search runs to its maximum length and decode lengths do not depend on random weights; a trained
 model stops much earlier, so its figures are the ones to report.
 
-Prints a markdown table and a final line `RESULT {json}` for scripts.
+Prints a markdown table (one row per batch and search) and a final line `RESULT {json}` for
+scripts, with the figures of each batch under `batches`.
 """
 
 import argparse
@@ -42,6 +49,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("exp/digits/data/test/cuts.jsonl.gz")
 # (name, beam size, CTC weight); greedy is beam 1 without CTC, the cheapest search there is
 SEARCHES = (("greedy", 1, 0.0), ("beam 10", 10, 0.0), ("beam 10 + CTC 0.3", 10, 0.3))
+# the batches `--batches both` times, in this order (`load_utterances`)
+BATCHES = ("mixed", "similar")
 DIGIT_WORDS = "zero one two three four five six seven eight nine"
 
 
@@ -59,10 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--num-utterances", type=int, default=16, metavar="N", help="(default: %(default)s)")
     parser.add_argument(
+        "--batches",
+        choices=BATCHES + ("both",),
+        default="both",
+        help="mixed: the first utterances by id; similar: those around the median duration, as in a "
+        "duration-sorted batch (default: %(default)s)",
+    )
+    parser.add_argument(
         "--similar-lengths",
-        action="store_true",
-        help="take the utterances around the median duration, as in one of asr-transcribe's "
-        "duration-sorted batches (default: the first by id, of mixed lengths)",
+        dest="batches",
+        action="store_const",
+        const="similar",
+        help="the same as --batches similar",
     )
     parser.add_argument(
         "--threads", type=int, default=2, metavar="N", help="torch threads (default: %(default)s)"
@@ -95,6 +112,7 @@ def load_utterances(data: str, count: int, sample_rate: int, similar_lengths: bo
     """`count` mono float32 waveforms (num_samples,) at `sample_rate`: the first cuts by id, or
     with `similar_lengths` the `count` around the median duration."""
     path = Path(data)
+    which = "median-duration" if similar_lengths else "first"
     if data != "generated" and path.is_file():
         import lhotse
 
@@ -106,17 +124,18 @@ def load_utterances(data: str, count: int, sample_rate: int, similar_lengths: bo
         cuts = [
             cut.resample(sample_rate) if cut.sampling_rate != sample_rate else cut for cut in cuts[:count]
         ]
-        which = "median-duration" if similar_lengths else "first"
         print(f"utterances: the {which} {len(cuts)} cuts of {path}", file=sys.stderr)
         return [torch.from_numpy(cut.load_audio()).float().mean(0) for cut in cuts]
-    print(f"utterances: {count} generated (no manifest at {path})", file=sys.stderr)
-    return [generated_utterance(seed, sample_rate) for seed in range(count)]
+    print(f"utterances: {count} generated, {which} lengths (no manifest at {path})", file=sys.stderr)
+    return [generated_utterance(seed, sample_rate, similar_lengths) for seed in range(count)]
 
 
-def generated_utterance(seed: int, sample_rate: int) -> torch.Tensor:
-    """1.5 to 4 s of noise modulated at syllable rate (about 4 Hz), the same for every run."""
+def generated_utterance(seed: int, sample_rate: int, similar_length: bool = False) -> torch.Tensor:
+    """1.5 to 4 s (2.4 to 2.6 s with `similar_length`) of noise modulated at syllable rate (about
+    4 Hz), the same for every run."""
     generator = torch.Generator().manual_seed(seed)
-    seconds = 1.5 + 2.5 * float(torch.rand((), generator=generator))
+    low, high = (2.4, 2.6) if similar_length else (1.5, 4.0)
+    seconds = low + (high - low) * float(torch.rand((), generator=generator))
     time_axis = torch.arange(int(seconds * sample_rate)) / sample_rate
     envelope = 0.5 * (
         1 + torch.sin(2 * torch.pi * (3 + 2 * float(torch.rand((), generator=generator))) * time_axis)
@@ -202,19 +221,24 @@ def measure(model, waves: list[torch.Tensor], repeats: int) -> dict:
     return results
 
 
-def markdown_table(results: dict) -> str:
+def markdown_table(batches: dict) -> str:
+    """One row per batch and search, from {batch: {"utterance_seconds": (shortest, longest),
+    "searches": {search: figures}}}."""
     lines = [
-        "| search | batched RTF | batched utt/s | one-at-a-time RTF | one-at-a-time utt/s | speed-up "
-        "| search alone: batched s | one at a time s | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | search | batched RTF | batched utt/s | one-at-a-time RTF | one-at-a-time utt/s "
+        "| speed-up | search alone: batched s | one at a time s | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, row in results.items():
-        lines.append(
-            f"| {name} | {row['batched_rtf']:.4f} | {row['batched_utterances_per_second']:.1f} "
-            f"| {row['one_at_a_time_rtf']:.4f} | {row['one_at_a_time_utterances_per_second']:.1f} "
-            f"| {row['speedup']:.1f}x | {row['search_batched_seconds']:.3f} "
-            f"| {row['search_one_at_a_time_seconds']:.3f} | {row['search_speedup']:.1f}x |"
-        )
+    for batch, figures in batches.items():
+        shortest, longest = figures["utterance_seconds"]
+        for name, row in figures["searches"].items():
+            lines.append(
+                f"| {batch} {shortest:.1f}-{longest:.1f} s | {name} | {row['batched_rtf']:.4f} "
+                f"| {row['batched_utterances_per_second']:.1f} | {row['one_at_a_time_rtf']:.4f} "
+                f"| {row['one_at_a_time_utterances_per_second']:.1f} | {row['speedup']:.1f}x "
+                f"| {row['search_batched_seconds']:.3f} | {row['search_one_at_a_time_seconds']:.3f} "
+                f"| {row['search_speedup']:.1f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -226,26 +250,34 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as asr-transcribe and asr-evaluate do (asr/allocator.py)
     model = load_model(args.model)[0] if args.model else fresh_digits_model()
-    waves = load_utterances(
-        args.data, args.num_utterances, model.config.features.sample_rate, args.similar_lengths
+    sample_rate = model.config.features.sample_rate
+    batches = {}
+    for batch in BATCHES if args.batches == "both" else (args.batches,):
+        waves = load_utterances(args.data, args.num_utterances, sample_rate, batch == "similar")
+        seconds = [w.numel() / sample_rate for w in waves]
+        batches[batch] = {
+            "num_utterances": len(waves),
+            "audio_seconds": sum(seconds),
+            "utterance_seconds": (min(seconds), max(seconds)),
+            "searches": measure(model, waves, args.repeats),
+        }
+    sizes = ", ".join(
+        f"{batch} {figures['num_utterances']} utterances ({figures['audio_seconds']:.1f} s of audio)"
+        for batch, figures in batches.items()
     )
-    results = measure(model, waves, args.repeats)
-    audio_seconds = sum(w.numel() for w in waves) / model.config.features.sample_rate
     print(
-        f"{len(waves)} utterances, {audio_seconds:.1f} s of audio, {args.threads} threads, "
-        f"median of {args.repeats} runs, {platform.processor() or platform.machine()}"
+        f"{sizes}; {args.threads} threads, median of {args.repeats} runs, "
+        f"{platform.processor() or platform.machine()}"
     )
-    print(markdown_table(results))
+    print(markdown_table(batches))
     summary = {
         "model": args.model or "fresh digits-sized model, eos suppressed",
         "parameters": sum(p.numel() for p in model.parameters()),
-        "num_utterances": len(waves),
-        "similar_lengths": args.similar_lengths,
-        "audio_seconds": audio_seconds,
+        "num_utterances": args.num_utterances,
         "threads": args.threads,
         "repeats": args.repeats,
         "torch": torch.__version__,
-        "searches": results,
+        "batches": batches,
     }
     print("RESULT " + json.dumps(summary, sort_keys=True))
     return 0

@@ -56,19 +56,31 @@ def test_decode_speed_prints_a_table_and_the_figures(checkpoint):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[1].startswith("| search | batched RTF |")
-    assert [line.split("|")[1].strip() for line in lines[3:6]] == ["greedy", "beam 10", "beam 10 + CTC 0.3"]
+    assert lines[1].startswith("| batch | search | batched RTF |")
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in lines[3:9]]
+    searches = ["greedy", "beam 10", "beam 10 + CTC 0.3"]
+    assert [search for _, search in rows] == searches * 2
+    assert [batch.split()[0] for batch, _ in rows] == ["mixed"] * 3 + ["similar"] * 3
     assert lines[-1].startswith("RESULT ")
     summary = json.loads(lines[-1].removeprefix("RESULT "))
     assert summary["num_utterances"] == 3 and summary["threads"] == 1
-    for row in summary["searches"].values():
-        assert row["batched_rtf"] > 0 and row["one_at_a_time_rtf"] > 0
-        assert row["speedup"] == pytest.approx(row["one_at_a_time_seconds"] / row["batched_seconds"])
-        assert row["batched_utterances_per_second"] == pytest.approx(3 / row["batched_seconds"])
-        assert row["search_batched_seconds"] > 0 and row["search_one_at_a_time_seconds"] > 0
-        assert row["search_speedup"] == pytest.approx(
-            row["search_one_at_a_time_seconds"] / row["search_batched_seconds"]
-        )
+    assert list(summary["batches"]) == ["mixed", "similar"]
+    for batch in summary["batches"].values():
+        shortest, longest = batch["utterance_seconds"]
+        assert batch["num_utterances"] == 3 and 0 < shortest <= longest
+        assert 3 * shortest <= batch["audio_seconds"] <= 3 * longest
+        for row in batch["searches"].values():
+            assert row["batched_rtf"] > 0 and row["one_at_a_time_rtf"] > 0
+            assert row["speedup"] == pytest.approx(row["one_at_a_time_seconds"] / row["batched_seconds"])
+            assert row["batched_utterances_per_second"] == pytest.approx(3 / row["batched_seconds"])
+            assert row["batched_rtf"] == pytest.approx(row["batched_seconds"] / batch["audio_seconds"])
+            assert row["search_batched_seconds"] > 0 and row["search_one_at_a_time_seconds"] > 0
+            assert row["search_speedup"] == pytest.approx(
+                row["search_one_at_a_time_seconds"] / row["search_batched_seconds"]
+            )
+    # the generated similar-length batch spans 2.4-2.6 s, the mixed one more
+    similar = summary["batches"]["similar"]["utterance_seconds"]
+    assert 2.4 <= similar[0] <= similar[1] <= 2.6
 
 
 def test_the_default_model_is_digits_sized_and_never_ends_early():
