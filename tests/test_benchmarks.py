@@ -118,6 +118,15 @@ def _cuts(folder: Path, seconds: list[int]) -> list:
     return cuts
 
 
+def test_decode_speed_times_both_batches_unless_told_one():
+    parse = _module("decode_speed").build_parser().parse_args
+    assert parse([]).batches == "both"
+    assert parse(["--batches", "mixed"]).batches == "mixed"
+    assert parse(["--similar-lengths"]).batches == "similar"  # the older spelling still works
+    with pytest.raises(SystemExit):
+        parse(["--batches", "sorted"])
+
+
 def test_decode_speed_takes_the_first_or_the_median_length_utterances(tmp_path):
     load_utterances = _module("decode_speed").load_utterances
     manifest = tmp_path / "cuts.jsonl.gz"
