@@ -1,11 +1,13 @@
 """Decoding speed on CPU: greedy search and beam 10 with and without CTC, batched and one at a time.
 
     python benchmarks/decode_speed.py --model exp/digits/best.pt --threads 2 --repeats 3
+    python benchmarks/decode_speed.py --model exp/digits/best.pt --device cuda     # on a GPU
 
 Every search decodes the same fixed utterances twice: as one padded batch (`asr.decoding.decode`
 over all of them) and one utterance at a time, in the same run, so the ratio of the two is
 measured under the same load. The RTF and utterances/s figures include features, the encoder and
-the search (what `asr-transcribe` spends per batch) but not audio loading. The search alone is
+the search (what `asr-transcribe` spends per batch, with `--device cuda` the copy of the waveforms
+to the GPU too) but not audio loading. The search alone is
 timed too (`asr.decoding.search` over encoder outputs computed beforehand, batched and one at a
 time): its speed-up is the one that batching the search itself gives, while the end-to-end one
 also holds the encoder's, which is smaller for a batch of mixed lengths (padding). Each figure is
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repeats", type=int, default=3, metavar="N", help="timed runs per figure (default: %(default)s)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     return parser
 
 
@@ -143,9 +146,10 @@ def generated_utterance(seed: int, sample_rate: int, similar_length: bool = Fals
     return 0.1 * envelope * torch.randn(time_axis.numel(), generator=generator)
 
 
-def pad(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S) zero-padded waves and (B,) lengths."""
-    return torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([w.numel() for w in waves])
+def pad(waves: list[torch.Tensor], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S) zero-padded waves and (B,) lengths, on `device`."""
+    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    return padded.to(device), torch.tensor([w.numel() for w in waves], device=device)
 
 
 def time_search(model, waves: list[torch.Tensor], options: DecodingOptions, repeats: int) -> dict:
@@ -155,16 +159,17 @@ def time_search(model, waves: list[torch.Tensor], options: DecodingOptions, repe
     Each repeat times the four runs back to back, so that on a shared machine all see the same
     load, and each speed-up is the median of the per-repeat ratios.
     """
-    padded = pad(waves)
+    device = next(model.parameters()).device  # the results are Python lists: each run ends synchronised
+    padded = pad(waves, device)
     with torch.inference_mode():
         encoded = model.encode(*padded)
-        encoded_one_by_one = [model.encode(*pad([wave])) for wave in waves]
+        encoded_one_by_one = [model.encode(*pad([wave], device)) for wave in waves]
 
     def batched() -> list:
-        return decode(model, *padded, options)
+        return decode(model, *pad(waves, device), options)
 
     def one_at_a_time() -> list:
-        return [decode(model, *pad([wave]), options)[0] for wave in waves]
+        return [decode(model, *pad([wave], device), options)[0] for wave in waves]
 
     def search_batched() -> list:
         return search(model, encoded, options)
@@ -247,9 +252,14 @@ def main(argv=None) -> int:
     if min(args.threads, args.repeats, args.num_utterances) < 1:
         print("--threads, --repeats and --num-utterances must be at least 1", file=sys.stderr)
         return 2
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as asr-transcribe and asr-evaluate do (asr/allocator.py)
     model = load_model(args.model)[0] if args.model else fresh_digits_model()
+    model.to(device)
     sample_rate = model.config.features.sample_rate
     batches = {}
     for batch in BATCHES if args.batches == "both" else (args.batches,):
@@ -265,16 +275,17 @@ def main(argv=None) -> int:
         f"{batch} {figures['num_utterances']} utterances ({figures['audio_seconds']:.1f} s of audio)"
         for batch, figures in batches.items()
     )
-    print(
-        f"{sizes}; {args.threads} threads, median of {args.repeats} runs, "
-        f"{platform.processor() or platform.machine()}"
-    )
+    processor = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        processor = f"{torch.cuda.get_device_name(device)} ({processor} host)"
+    print(f"{sizes}; {args.threads} threads, median of {args.repeats} runs, {processor}")
     print(markdown_table(batches))
     summary = {
         "model": args.model or "fresh digits-sized model, eos suppressed",
         "parameters": sum(p.numel() for p in model.parameters()),
         "num_utterances": args.num_utterances,
         "threads": args.threads,
+        "device": str(device),
         "repeats": args.repeats,
         "torch": torch.__version__,
         "batches": batches,

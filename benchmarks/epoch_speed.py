@@ -3,6 +3,7 @@
     python benchmarks/epoch_speed.py                           # 400 strings, 2 rounds, 2 threads
     python benchmarks/epoch_speed.py --strings 1000 --rounds 3 --num-workers 1
     python benchmarks/epoch_speed.py model.decoder.input_feeding=false   # Hydra overrides go last
+    python benchmarks/epoch_speed.py --device cuda --num-workers 4       # on a GPU (bf16, as asr-train)
 
 Both loops run the same training steps (forward with loss, backward, clip, AdamW step) on the same
 batches. The *real* epoch is what `asr-train experiment=digits` does per epoch: lhotse's
@@ -10,7 +11,9 @@ duration-bucketed sampler, rendering each digit string from the cached FSDD clip
 augmentation, collation, and log-mel features inside the model. The *precomputed* epoch first
 materialises every batch's log-mel frames and targets, then times only the model on them
 (`LAS.loss_from_features`). Their ratio is the cost of the input pipeline: issue 7 wants the real
-epoch within 1.3x of the precomputed one.
+epoch within 1.3x of the precomputed one. With `--device cuda` each batch is copied to the GPU
+and the steps run under bf16 autocast when `trainer.bf16` is on (its default), as in `asr-train`;
+the precomputed batches wait on the GPU.
 
 After one untimed warm-up epoch, rounds alternate real and precomputed epochs (in turn first) so
 that both see the same load on a shared machine; each figure is the median over rounds. Needs the
@@ -53,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", default="exp/digits/data", help="asr-prepare's output (default: %(default)s)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml experiment=digits")
     return parser
 
@@ -76,8 +80,10 @@ def load_setup(args):
     return config, corpus, model, dataset, loader_config
 
 
-def train_step(model, optimizer, loss_fn, grad_clip: float) -> int:
-    output = loss_fn()
+def train_step(model, optimizer, loss_fn, grad_clip: float, autocast: bool) -> int:
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        output = loss_fn()
     output.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -85,39 +91,62 @@ def train_step(model, optimizer, loss_fn, grad_clip: float) -> int:
     return 1
 
 
-def real_epoch(model, optimizer, loader, grad_clip: float) -> tuple[float, int]:
+def finished(model) -> float:
+    """time.perf_counter() once the model's device has done all the work queued so far."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def real_epoch(model, optimizer, loader, grad_clip: float, autocast: bool) -> tuple[float, int]:
     """Seconds and utterances of one epoch straight from the loader (audio, augmentation, features)."""
-    start, utterances = time.perf_counter(), 0
+    device = next(model.parameters()).device
+    start, utterances = finished(model), 0
     for batch in loader:
+        batch = batch.to(device)
         train_step(
-            model, optimizer, lambda b=batch: model(b.waves, b.wave_lens, b.targets, b.target_lens), grad_clip
+            model,
+            optimizer,
+            lambda b=batch: model(b.waves, b.wave_lens, b.targets, b.target_lens),
+            grad_clip,
+            autocast,
         )
         utterances += len(batch)
-    return time.perf_counter() - start, utterances
+    return finished(model) - start, utterances
 
 
 def precompute(model, loader) -> list[tuple[torch.Tensor, ...]]:
-    """Every batch of the epoch as (log-mel frames, frame counts, targets, target lengths)."""
+    """Every batch of the epoch as (log-mel frames, frame counts, targets, target lengths), on the
+    model's device."""
+    device = next(model.parameters()).device
     batches = []
     with torch.no_grad():
         for batch in loader:
+            batch = batch.to(device)
             batches.append(
                 (*model.compute_features(batch.waves, batch.wave_lens), batch.targets, batch.target_lens)
             )
     return batches
 
 
-def precomputed_epoch(model, optimizer, batches, grad_clip: float) -> tuple[float, int]:
-    start = time.perf_counter()
+def precomputed_epoch(model, optimizer, batches, grad_clip: float, autocast: bool) -> tuple[float, int]:
+    start = finished(model)
     for batch in batches:
-        train_step(model, optimizer, lambda b=batch: model.loss_from_features(*b), grad_clip)
-    return time.perf_counter() - start, sum(len(b[0]) for b in batches)
+        train_step(model, optimizer, lambda b=batch: model.loss_from_features(*b), grad_clip, autocast)
+    return finished(model) - start, sum(len(b[0]) for b in batches)
 
 
 def main():
     args = build_parser().parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     config, corpus, model, dataset, loader_config = load_setup(args)
+    model.to(device)
+    autocast = config.trainer.bf16 and (device.type == "cuda" or config.trainer.bf16_cpu)  # as asr-train
     optimizer = fused_where_possible(
         torch.optim.AdamW, model.parameters(), lr=config.optimizer.lr
     )  # as asr-train
@@ -136,22 +165,25 @@ def main():
         f"(precomputed in {time.perf_counter() - started:.1f} s)"
     )
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {loader_config.num_workers} workers"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {loader_config.num_workers} workers, "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+        f"{', bf16 autocast' if autocast else ''}"
     )
     # warm-up: oneDNN builds its LSTM kernels for every new batch shape (tens of ms each), and the
     # audio cache renders each speed-perturbed clip once; a real run pays both in its first epoch only
-    precomputed_epoch(model, optimizer, batches, grad_clip)
+    precomputed_epoch(model, optimizer, batches, grad_clip, autocast)
     real, fast = [], []
     for round_index in range(args.rounds):
         for name in ("real", "precomputed") if round_index % 2 == 0 else ("precomputed", "real"):
             if name == "real":
-                seconds, utterances = real_epoch(model, optimizer, loader(), grad_clip)
+                seconds, utterances = real_epoch(model, optimizer, loader(), grad_clip, autocast)
                 real.append(utterances / seconds)
             else:
-                seconds, utterances = precomputed_epoch(model, optimizer, batches, grad_clip)
+                seconds, utterances = precomputed_epoch(model, optimizer, batches, grad_clip, autocast)
                 fast.append(utterances / seconds)
         print(f"round {round_index + 1}: real {real[-1]:.1f} utt/s, precomputed {fast[-1]:.1f} utt/s")
     report(statistics.median(real), statistics.median(fast), args)
+    return 0
 
 
 def report(real: float, fast: float, args) -> None:
@@ -169,6 +201,7 @@ def report(real: float, fast: float, args) -> None:
         threads=args.threads,
         overrides=args.overrides,
         machine=platform.processor() or platform.machine(),
+        device=args.device,
     )
     print("RESULT " + json.dumps(result))
 

@@ -3,6 +3,7 @@ fast paths, interleaved in one process so that the ratios hold on a shared machi
 
     .venv/bin/python benchmarks/train_step.py                         # 5 rounds x 5 steps per variant
     .venv/bin/python benchmarks/train_step.py --rounds 3 --variants reference fast --profile fast
+    python benchmarks/train_step.py --device cuda --batch 64     # on a GPU: the variants that apply there
 
 Variants (each its own model, built from the same seed, with its own Adam):
   reference       the training step before issue 7: the decoder as a plain loop of `step`
@@ -14,6 +15,10 @@ Variants (each its own model, built from the same seed, with its own Adam):
                   (`asr.model.recurrence.PACK_WEIGHTS`)
   no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
   fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
+
+On `--device cuda` the variants are reference, fast, no_feeding and the bf16 ones (fast_mkl and
+fast_unpacked are oneDNN's, CPU only); TF32 stays off, so fp32 means fp32. `--batch` changes the
+contract's 16 utterances per step (GPUs are far from busy at 16).
 
 The contract is `../shared/bench/contract.md` (16 x 300 x 80 features, 40-token targets, 12M parameters);
 the model is built by `peer_team.contract_model`. Prints one line per round, a table of medians and the
@@ -34,12 +39,14 @@ import torch  # noqa: E402
 from asr.model import recurrence  # noqa: E402
 
 VARIANTS = ("reference", "fast", "fast_mkl", "fast_unpacked", "no_feeding", "fast_bf16", "no_feeding_bf16")
+CPU_ONLY = ("fast_mkl", "fast_unpacked")
 
 
-def build(name: str, cfg: dict, batch):
-    """A training step for one variant: () -> loss."""
+def build(name: str, cfg: dict, batch, device: torch.device):
+    """A training step for one variant: () -> loss (a float: on a GPU, the step has finished)."""
     input_feeding = not name.startswith("no_feeding")
-    model = peer_team.contract_model(cfg, input_feeding=input_feeding).train()
+    model = peer_team.contract_model(cfg, input_feeding=input_feeding).train().to(device)
+    batch = tuple(t.to(device) for t in batch)
     if name == "reference":
         peer_team.use_step_by_step_paths(model)
     # fused as asr-train fuses it, except in the reference (PyTorch's default loop, as before issue 7)
@@ -53,7 +60,7 @@ def build(name: str, cfg: dict, batch):
         recurrence.USE_ONEDNN_GEMM = name != "fast_mkl"
         recurrence.PACK_WEIGHTS = name != "fast_unpacked"
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model.loss_from_features(*batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -71,16 +78,30 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round (default 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="(default: all that apply)")
     parser.add_argument("--profile", choices=VARIANTS, help="after timing, profile one step of this variant")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--batch", type=int, help="utterances per step (default: the contract's 16)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    on_cpu = device.type == "cpu"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
+    chosen = [*(args.variants or []), *([args.profile] if args.profile else [])]
+    if not on_cpu and set(chosen) & set(CPU_ONLY):
+        parser.error(f"{' and '.join(CPU_ONLY)} are oneDNN's CPU paths; not on --device {args.device}")
+    variants = args.variants or [name for name in VARIANTS if on_cpu or name not in CPU_ONLY]
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     common = peer_team.common
     torch.set_num_threads(args.threads)
     cfg = dict(common.CONTRACT)
+    if args.batch:
+        cfg["batch"] = args.batch
     batch = common.make_batch(cfg)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {common.cpu_name()}")
-    print(f"contract batch: {common.batch_checksum(batch)}")
-    steps = {name: build(name, cfg, batch) for name in args.variants}
+    processor = common.cpu_name() if on_cpu else torch.cuda.get_device_name(device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {processor}")
+    print(f"batch of {cfg['batch']}: {common.batch_checksum(batch)}")
+    steps = {name: build(name, cfg, batch, device) for name in variants}
     for name, step in steps.items():
         losses = [step() for _ in range(args.warmup)]
         print(f"  {name}: warm-up losses {', '.join(f'{loss:.4f}' for loss in losses)}")
@@ -96,7 +117,7 @@ def main():
         print(f"round {round_index + 1}: s/step {medians}  (other processes: {monitor.cores:.2f} cores)")
     report(times, cfg["batch"])
     if args.profile:
-        profile(steps[args.profile] if args.profile in steps else build(args.profile, cfg, batch))
+        profile(steps[args.profile] if args.profile in steps else build(args.profile, cfg, batch, device), device)
 
 
 def report(times: dict, batch_size: int):
@@ -113,14 +134,16 @@ def report(times: dict, batch_size: int):
     print("RESULT " + json.dumps(result))
 
 
-def profile(step):
+def profile(step, device: torch.device):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=activities) as prof:
         step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48))
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=48))
 
 
 if __name__ == "__main__":

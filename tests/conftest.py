@@ -46,3 +46,13 @@ def one_thread():
 @pytest.fixture(scope="session")
 def fsdd_dir() -> Path:
     return FSDD_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip on machines without CUDA (CI), so `pytest -m gpu` is safe anywhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
