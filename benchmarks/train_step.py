@@ -117,7 +117,8 @@ def main():
         print(f"round {round_index + 1}: s/step {medians}  (other processes: {monitor.cores:.2f} cores)")
     report(times, cfg["batch"])
     if args.profile:
-        profile(steps[args.profile] if args.profile in steps else build(args.profile, cfg, batch, device), device)
+        step = steps.get(args.profile) or build(args.profile, cfg, batch, device)
+        profile(step, device)
 
 
 def report(times: dict, batch_size: int):
