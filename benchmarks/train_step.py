@@ -15,12 +15,9 @@ Variants (each its own model, built from the same seed, with its own Adam):
                   (`asr.model.recurrence.PACK_WEIGHTS`)
   no_feeding      `input_feeding: false`: a different model whose decoder RNN is one fused LSTM call
   fast_bf16, no_feeding_bf16   the same under torch.autocast(bfloat16)
-  las_ref         the shared folder's plain PyTorch LAS (`las_ref.py`: nn.LSTMCell decoder loop, plain
-                  Adam), the same contract model written the textbook way: a baseline from outside
-                  this toolkit (on the CPU, `run_all.py` already times it beside the peers)
 
-On `--device cuda` the default variants are las_ref, reference, fast, no_feeding and the bf16 ones
-(fast_mkl and fast_unpacked are oneDNN's, CPU only); TF32 stays off, so fp32 means fp32. `--batch` changes the
+On `--device cuda` the variants are reference, fast, no_feeding and the bf16 ones (fast_mkl and
+fast_unpacked are oneDNN's, CPU only); TF32 stays off, so fp32 means fp32. `--batch` changes the
 contract's 16 utterances per step (GPUs are far from busy at 16).
 
 The contract is `../shared/bench/contract.md` (16 x 300 x 80 features, 40-token targets, 12M parameters);
@@ -41,38 +38,15 @@ import torch  # noqa: E402
 
 from asr.model import recurrence  # noqa: E402
 
-VARIANTS = (
-    "las_ref", "reference", "fast", "fast_mkl", "fast_unpacked", "no_feeding", "fast_bf16", "no_feeding_bf16"
-)  # fmt: skip
+VARIANTS = ("reference", "fast", "fast_mkl", "fast_unpacked", "no_feeding", "fast_bf16", "no_feeding_bf16")
 CPU_ONLY = ("fast_mkl", "fast_unpacked")
-CUDA_ONLY_BY_DEFAULT = ("las_ref",)
-
-
-def build_las_ref(cfg: dict, batch, device: torch.device):
-    import las_ref  # the shared folder is on sys.path (peer_team)
-
-    torch.manual_seed(cfg["model_seed"])
-    model = las_ref.LAS(cfg).train().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(*batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        return float(loss.detach())
-
-    return step
 
 
 def build(name: str, cfg: dict, batch, device: torch.device):
     """A training step for one variant: () -> loss (a float: on a GPU, the step has finished)."""
-    batch = tuple(t.to(device) for t in batch)
-    if name == "las_ref":
-        return build_las_ref(cfg, batch, device)
     input_feeding = not name.startswith("no_feeding")
     model = peer_team.contract_model(cfg, input_feeding=input_feeding).train().to(device)
+    batch = tuple(t.to(device) for t in batch)
     if name == "reference":
         peer_team.use_step_by_step_paths(model)
     # fused as asr-train fuses it, except in the reference (PyTorch's default loop, as before issue 7)
@@ -116,8 +90,7 @@ def main():
     chosen = [*(args.variants or []), *([args.profile] if args.profile else [])]
     if not on_cpu and set(chosen) & set(CPU_ONLY):
         parser.error(f"{' and '.join(CPU_ONLY)} are oneDNN's CPU paths; not on --device {args.device}")
-    skipped = CUDA_ONLY_BY_DEFAULT if on_cpu else CPU_ONLY
-    variants = args.variants or [name for name in VARIANTS if name not in skipped]
+    variants = args.variants or [name for name in VARIANTS if on_cpu or name not in CPU_ONLY]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     common = peer_team.common
     torch.set_num_threads(args.threads)
@@ -149,19 +122,15 @@ def main():
 
 
 def report(times: dict, batch_size: int):
-    """A table of medians with each variant's speed against the reference's and, when timed, las_ref's."""
-    baselines = [name for name in ("reference", "las_ref") if name in times]
-    print(
-        "\n| variant | s/step (median) | min-max | utt/s |"
-        + "".join(f" x {name} utt/s |" for name in baselines)
-    )
-    print("|---|---|---|---|" + "---|" * len(baselines))
+    reference = statistics.median(times["reference"]) if "reference" in times else None
+    print("\n| variant | s/step (median) | min-max | utt/s | x reference utt/s |")
+    print("|---|---|---|---|---|")
     result = {}
     for name, values in times.items():
         median = statistics.median(values)
-        ratios = "".join(f" {statistics.median(times[base]) / median:.2f} |" for base in baselines)
+        ratio = f"{reference / median:.2f}" if reference else "-"
         spread = f"{min(values):.3f}-{max(values):.3f}"
-        print(f"| {name} | {median:.3f} | {spread} | {batch_size / median:.1f} |{ratios}")
+        print(f"| {name} | {median:.3f} | {spread} | {batch_size / median:.1f} | {ratio} |")
         result[name] = {"step_s": round(median, 4), "utt_per_s": round(batch_size / median, 2)}
     print("RESULT " + json.dumps(result))
 
@@ -170,23 +139,12 @@ def profile(step, device: torch.device):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    on_cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     step()
     with torch_profile(activities=activities) as prof:
-        start = time.perf_counter()
         step()
-        wall = time.perf_counter() - start
-    events = prof.key_averages()
-    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=48))
-    if on_cuda:  # how much of the step the GPU is busy: the rest is the host issuing work (or waiting)
-        print(events.table(sort_by="self_cuda_time_total", row_limit=15, max_name_column_width=48))
-        kernels = sum(event.self_device_time_total for event in events) / 1e6
-        launches = sum(event.count for event in events if event.key in ("cudaLaunchKernel", "cuLaunchKernel"))
-        print(
-            f"profiled step {wall:.3f} s: GPU busy {kernels:.3f} s ({100 * kernels / wall:.0f}%), "
-            f"{launches} kernel launches"
-        )
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=25, max_name_column_width=48))
 
 
 if __name__ == "__main__":
