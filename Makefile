@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-all lint install dev clean
+.PHONY: demo test test-all test-gpu lint install dev clean
 
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
@@ -28,6 +28,9 @@ test: dev
 
 test-all: dev
 	$(BIN)/python -m pytest -q
+
+test-gpu: dev
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: dev
 	$(BIN)/ruff check asr tests benchmarks
