@@ -63,7 +63,7 @@ def test_decode_speed_prints_a_table_and_the_figures(checkpoint):
     assert [batch.split()[0] for batch, _ in rows] == ["mixed"] * 3 + ["similar"] * 3
     assert lines[-1].startswith("RESULT ")
     summary = json.loads(lines[-1].removeprefix("RESULT "))
-    assert summary["num_utterances"] == 3 and summary["threads"] == 1
+    assert summary["num_utterances"] == 3 and summary["threads"] == 1 and summary["device"] == "cpu"
     assert list(summary["batches"]) == ["mixed", "similar"]
     for batch in summary["batches"].values():
         shortest, longest = batch["utterance_seconds"]
@@ -81,6 +81,20 @@ def test_decode_speed_prints_a_table_and_the_figures(checkpoint):
     # the generated similar-length batch spans 2.4-2.6 s, the mixed one more
     similar = summary["batches"]["similar"]["utterance_seconds"]
     assert 2.4 <= similar[0] <= similar[1] <= 2.6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_the_benchmarks_refuse_cuda_on_a_machine_without_it(capsys):
+    assert _module("decode_speed").main(["--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "epoch_speed.py"), "--device", "cuda"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr
 
 
 def test_the_default_model_is_digits_sized_and_never_ends_early():
