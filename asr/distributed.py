@@ -42,13 +42,33 @@ class Process:
         return self.rank == 0
 
 
+class DeviceError(ValueError):
+    """A device this machine does not have, or that the toolkit does not run on (the CLIs print the
+    message alone)."""
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> this process's GPU when CUDA is available, else the CPU; otherwise `name`."""
+    """ "auto" -> this process's GPU when CUDA is available, else the CPU; otherwise `name`, checked.
+
+    Raises DeviceError for a name that is no device, a device other than the CPU or CUDA (the CTC
+    prefix scores need float64, which Apple's MPS lacks), CUDA on a machine without it, or a GPU
+    number the machine does not have.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)  # one GPU per process, as torchrun numbers them
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"{name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{name}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)  # one GPU per process, as torchrun numbers them
+        if device.index >= torch.cuda.device_count():
+            raise DeviceError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -21,13 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from asr import distributed
 from asr.checkpoint import Progress
 from asr.corpora.fsdd import prepare_digits
 from asr.data import collate
-from asr.distributed import Process, StopSignals
+from asr.distributed import DeviceError, Process, StopSignals, resolve_device
 from asr.features import SpecAugmentConfig
 from asr.model import LAS
 from asr.train import Run, TrainerOptions, train_one_epoch
@@ -133,6 +134,42 @@ def test_asr_train_under_torchrun_with_two_gloo_ranks(tmp_path):
     assert log.count("epoch 0: train loss") == 1 and "rank 1" not in log  # rank 0 alone writes it
     assert "on cpu x 2;" in log and "(3 utterances)" in log  # validation summed over both shards
     assert (tmp_path / "exp" / "best.pt").exists()
+
+
+def test_resolve_device_takes_what_the_machine_has_and_names_what_it_cannot():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    for name, message in [
+        ("gpu0", "is not a device"),
+        ("mps", "is not supported"),
+        ("meta", "not supported"),
+    ]:
+        with pytest.raises(DeviceError, match=message):
+            resolve_device(name)
+    with pytest.raises(DeviceError, match="CUDA device|CUDA is not available"):
+        resolve_device("cuda:64")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asr_train_on_cuda_without_a_gpu_fails_in_one_line(tmp_path):
+    prepare_digits(FSDD_DIR, tmp_path / "data", num_dev=3, num_test=0, num_long=0)
+    result = subprocess.run(
+        [
+            str(BIN / "asr-train"),
+            "experiment=digits_smoke",
+            f"data.dir={tmp_path / 'data'}",
+            f"exp_dir={tmp_path / 'exp'}",
+            "trainer.device=cuda",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr  # Hydra's log handler writes to stdout
+    assert result.returncode == 1
+    assert "trainer.device=cuda: CUDA is not available on this machine" in output
+    assert "Traceback" not in output and not (tmp_path / "exp" / "last.pt").exists()
 
 
 def worker(out: str) -> None:

@@ -28,6 +28,7 @@ from asr.checkpoint import CheckpointError, check_writable, load_checkpoint
 from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig
 from asr.decoding import DecodingOptions
+from asr.distributed import DeviceError
 from asr.model import LAS, ModelConfig
 from asr.phone_tokenizer import PhoneTokenizer
 from asr.sentencepiece_tokenizer import SentencePieceTokenizer
@@ -140,6 +141,9 @@ def main(config: DictConfig) -> None:
     except Stopped as stopped:
         log.warning("%s", stopped)
         sys.exit(128 + stopped.signal_number)
+    except DeviceError as error:  # the message starts with the device's name
+        log.error("trainer.device=%s", error)
+        sys.exit(1)
     except (CheckpointError, TrainingError) as error:
         # the message names the file and the problem; a traceback would only bury it
         log.error("%s", error)

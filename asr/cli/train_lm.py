@@ -19,6 +19,7 @@ found like `asr-train`'s (`asr.cli.train.config_path`), from a checkout or an in
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from asr.checkpoint import load_checkpoint, save_checkpoint
 from asr.cli.train import build_tokenizer, config_path
+from asr.distributed import DeviceError, resolve_device
 from asr.lm import (
     LanguageModelConfig,
     LSTMLanguageModel,
@@ -39,7 +41,6 @@ from asr.lm import (
 from asr.optimizer import OptimizerOptions, warmup_cosine
 from asr.text import normalize_text
 from asr.tokenizer import tokenizer_from_dict
-from asr.train import resolve_device
 
 log = logging.getLogger("asr.train_lm")
 IGNORE_INDEX = -100
@@ -309,7 +310,11 @@ def run(config: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train_lm")
 def main(config: DictConfig) -> None:
     log.info("config:\n%s", OmegaConf.to_yaml(config))
-    run(config)
+    try:
+        run(config)
+    except DeviceError as error:  # the message starts with the device's name
+        log.error("trainer.device=%s", error)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

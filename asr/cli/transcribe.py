@@ -20,6 +20,7 @@ from tqdm import tqdm
 from asr.allocator import keep_freed_memory
 from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
+from asr.distributed import DeviceError, resolve_device
 from asr.segmentation import SegmentationConfig
 from asr.transcription import (
     DecodeFunction,
@@ -259,21 +260,10 @@ def decoding_options(args: argparse.Namespace) -> DecodingOptions:
 
 
 def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise _UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise _UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise _UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise _UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return resolve_device(name)
+    except DeviceError as error:
+        raise _UsageError(f"--device {error}") from None
 
 
 def _load_language_model(args: argparse.Namespace, model, tokenizer, device: torch.device):
