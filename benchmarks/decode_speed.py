@@ -46,6 +46,7 @@ import torch
 from asr.allocator import keep_freed_memory
 from asr.checkpoint import load_model
 from asr.decoding import DecodingOptions, decode, search
+from asr.distributed import DeviceError, resolve_device
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path("exp/digits/data/test/cuts.jsonl.gz")
@@ -252,9 +253,10 @@ def main(argv=None) -> int:
     if min(args.threads, args.repeats, args.num_utterances) < 1:
         print("--threads, --repeats and --num-utterances must be at least 1", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as error:
+        print(f"--device {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as asr-transcribe and asr-evaluate do (asr/allocator.py)

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from asr.cli.train import build_model, build_tokenizer
 from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
+from asr.distributed import DeviceError, resolve_device
 from asr.optimizer import fused_where_possible
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -139,9 +140,10 @@ def precomputed_epoch(model, optimizer, batches, grad_clip: float, autocast: boo
 
 def main():
     args = build_parser().parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print(f"--device {args.device}: CUDA is not available on this machine", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as error:
+        print(f"--device {error}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     config, corpus, model, dataset, loader_config = load_setup(args)

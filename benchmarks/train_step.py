@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_team  # noqa: E402  (finds the shared harness; contract_model)
 import torch  # noqa: E402
 
+from asr.distributed import DeviceError, resolve_device  # noqa: E402
 from asr.model import recurrence  # noqa: E402
 
 VARIANTS = ("reference", "fast", "fast_mkl", "fast_unpacked", "no_feeding", "fast_bf16", "no_feeding_bf16")
@@ -83,10 +84,11 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--batch", type=int, help="utterances per step (default: the contract's 16)")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as error:
+        parser.error(f"--device {error}")
     on_cpu = device.type == "cpu"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     chosen = [*(args.variants or []), *([args.profile] if args.profile else [])]
     if not on_cpu and set(chosen) & set(CPU_ONLY):
         parser.error(f"{' and '.join(CPU_ONLY)} are oneDNN's CPU paths; not on --device {args.device}")
