@@ -119,6 +119,11 @@ def fit_normalization(model, loader, device, num_batches: int) -> None:
     log.info("normalisation statistics from %d frames", statistics.count)
 
 
+def uses_bf16(bf16: bool, bf16_cpu: bool, device: torch.device) -> bool:
+    """Whether training steps on `device` run under bf16 autocast (`trainer.bf16`, `trainer.bf16_cpu`)."""
+    return bf16 and (device.type == "cuda" or bf16_cpu)
+
+
 def forward_backward(model, batch, grad_clip: float, autocast: bool):
     """Loss and gradients of one batch; returns (LossOutput, gradient norm before clipping)."""
     with torch.autocast(batch.waves.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -134,7 +139,7 @@ def train_one_epoch(run: Run, loader, options: TrainerOptions, progress: Progres
     """
     run.trained.train()
     device = run.process.device
-    autocast = options.bf16 and (device.type == "cuda" or options.bf16_cpu)
+    autocast = uses_bf16(options.bf16, options.bf16_cpu, device)
     totals, started = progress.totals, time.perf_counter()
     # a log file gets a progress line every 30 s instead of a bar redrawn many times a second
     bar = tqdm(

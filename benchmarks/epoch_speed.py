@@ -38,6 +38,7 @@ from asr.corpora import build_corpus
 from asr.data import AugmentConfig, LoaderConfig, SpeechDataset, make_loader
 from asr.distributed import DeviceError, resolve_device
 from asr.optimizer import fused_where_possible
+from asr.train import uses_bf16
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -148,7 +149,7 @@ def main():
     torch.set_num_threads(args.threads)
     config, corpus, model, dataset, loader_config = load_setup(args)
     model.to(device)
-    autocast = config.trainer.bf16 and (device.type == "cuda" or config.trainer.bf16_cpu)  # as asr-train
+    autocast = uses_bf16(config.trainer.bf16, config.trainer.bf16_cpu, device)  # as asr-train
     optimizer = fused_where_possible(
         torch.optim.AdamW, model.parameters(), lr=config.optimizer.lr
     )  # as asr-train
