@@ -24,6 +24,8 @@ class FeatureConfig:
     log_floor: float = 1e-6  # added to mel energies before the log, about -90 dB below full-scale speech
     utterance_mean_norm: bool = False  # subtract each utterance's own mean per bin (cepstral mean
     # normalisation): removes the fixed colouring of a microphone or channel before the global statistics
+    mean_norm_range_db: float | None = None  # with utterance_mean_norm: the mean over the frames within
+    # this many dB of the utterance's loudest one (its speech), so pauses do not set it; None: every frame
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,20 @@ class LogMelFeatures(nn.Module):
             waves = waves.float() * sequence_mask(wave_lens, waves.shape[1])
             feats = self._log_mel(waves).transpose(1, 2)  # (B, T, F)
         if self.config.utterance_mean_norm:
-            valid = sequence_mask(feat_lens, feats.shape[1])[..., None].to(feats.dtype)
-            mean = (feats * valid).sum(1, keepdim=True) / feat_lens[:, None, None].to(feats.dtype)
-            feats = (feats - mean) * valid
+            feats = self._subtract_utterance_mean(feats, feat_lens)
         return feats, feat_lens
+
+    def _subtract_utterance_mean(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> torch.Tensor:
+        """Each utterance's mean log-mel vector subtracted from its frames; padding stays 0."""
+        valid = sequence_mask(feat_lens, feats.shape[1])
+        counted = valid
+        if self.config.mean_norm_range_db is not None:
+            loudness = feats.logsumexp(-1).masked_fill(~valid, -math.inf)  # (B, T) log frame energy
+            loudest = loudness.max(dim=1, keepdim=True).values
+            counted = loudness >= loudest - self.config.mean_norm_range_db * math.log(10) / 10
+        weights = counted[..., None].to(feats.dtype)
+        mean = (feats * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        return (feats - mean) * valid[..., None].to(feats.dtype)
 
     def _log_mel_each(self, waves, wave_lens, feat_lens) -> torch.Tensor:
         """The batch's (B, T, F) log-mel frames, one utterance at a time over its own samples.

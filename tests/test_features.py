@@ -101,3 +101,21 @@ def test_spec_augment_masks_only_in_training_and_within_each_length():
         assert not time_masked[length:].any()
         freq_masked = masked[row, :length].all(dim=0)
         assert int(freq_masked.sum()) <= 2 * 5
+
+
+def test_utterance_mean_over_speech_frames_ignores_added_silence():
+    """Cepstral mean normalisation over the frames near the loudest one: a pause of digital silence
+    appended to an utterance leaves its speech frames as they were, where the mean over every frame
+    moves them (silence pulls it towards log_floor)."""
+    torch.manual_seed(0)
+    speech = 0.1 * torch.randn(4000) * torch.hann_window(4000)  # 0.5 s at 8 kHz, loud in the middle
+    with_pause = torch.cat([speech, torch.zeros(8000)])
+    waves = torch.nn.utils.rnn.pad_sequence([speech, with_pause], batch_first=True)
+    lengths = torch.tensor([4000, 12000])
+    for range_db, moved in ((30.0, False), (None, True)):
+        config = FeatureConfig(sample_rate=8000, utterance_mean_norm=True, mean_norm_range_db=range_db)
+        feats, feat_lens = LogMelFeatures(config)(waves, lengths)
+        frames = int(feat_lens[0])
+        assert torch.count_nonzero(feats[0, frames:]) == 0  # padding stays zero
+        close = torch.allclose(feats[0, :frames], feats[1, :frames], atol=1e-4)
+        assert close != moved
