@@ -92,6 +92,21 @@ def test_speed_per_digit_draws_a_factor_for_every_digit_and_renders_like_lhotse(
     torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
 
 
+def test_bare_edges_start_and_end_strings_on_the_speech(clips):
+    """bare_edge_probability 1: the first digit starts at 0 s and the last one ends the string, as
+    in FSDD's own clips; with 0 (the default) nearly every string has silence before its first digit."""
+    train, _ = split_clips(clips)
+    bare = make_strings(train, 10, StringConfig(bare_edge_probability=1.0), seed=4, prefix="s")
+    padded = make_strings(train, 10, StringConfig(), seed=4, prefix="s")
+    for cut in bare:
+        speech = sorted(cut.supervisions, key=lambda s: s.start)
+        assert speech[0].start == 0.0 and speech[-1].end == pytest.approx(cut.duration, abs=1e-3)
+    assert sum(min(s.start for s in cut.supervisions) > 0.01 for cut in padded) >= 8
+    half = make_strings(train, 200, StringConfig(bare_edge_probability=0.5), seed=4, prefix="s")
+    starts_bare = sum(min(s.start for s in cut.supervisions) == 0.0 for cut in half)
+    assert 70 <= starts_bare <= 130
+
+
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
     config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)

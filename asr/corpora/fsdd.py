@@ -36,6 +36,9 @@ class StringConfig:
     min_pause: float = 0.0  # seconds of silence between digits
     max_pause: float = 0.5
     max_edge_silence: float = 0.3  # seconds of silence before the first and after the last digit
+    # chance that an end gets no silence at all, as in FSDD's own clips, which are cut close to the
+    # speech: a model that never heard speech start at the first frame misheard such clips
+    bare_edge_probability: float = 0.0
     speed_factors: tuple[float, ...] = (1.0,)  # one is drawn per string (speed perturbation)
     speed_per_digit: bool = False  # a factor per digit instead: speaking rate varies within a string
 
@@ -87,14 +90,20 @@ def join_clips(chosen: list, rng: random.Random, config: StringConfig, cut_id: s
     else:
         speeds = [rng.choice(config.speed_factors)] * len(chosen)
     chosen = [c.perturb_speed(speed) if speed != 1.0 else c for c, speed in zip(chosen, speeds, strict=True)]
-    string = chosen[0].pad(
-        duration=chosen[0].duration + rng.uniform(0, config.max_edge_silence), direction="left"
-    )
+    string = chosen[0].pad(duration=chosen[0].duration + _edge_silence(rng, config), direction="left")
     for clip in chosen[1:]:
         string = string.pad(duration=string.duration + rng.uniform(config.min_pause, config.max_pause))
         string = string.append(clip)
-    string = string.pad(duration=string.duration + rng.uniform(0, config.max_edge_silence))
+    string = string.pad(duration=string.duration + _edge_silence(rng, config))
     return string.with_id(cut_id)
+
+
+def _edge_silence(rng: random.Random, config: StringConfig) -> float:
+    """Seconds of silence at one end of a string. With bare_edge_probability 0 no extra number is
+    drawn, so the fixed dev and test strings stay what they were."""
+    if config.bare_edge_probability > 0 and rng.random() < config.bare_edge_probability:
+        return 0.0
+    return rng.uniform(0, config.max_edge_silence)
 
 
 def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: int, prefix: str) -> CutSet:
