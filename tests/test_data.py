@@ -167,6 +167,9 @@ def test_prepare_writes_manifests_and_audio(tmp_path, fsdd_dir):
     assert all(transcripts[c.id] == c.supervisions[0].text for c in test)
     for cut in test:
         assert (tmp_path / "test" / "audio" / f"{cut.id}.flac").is_file()
+    clips = load_cuts(tmp_path / "fsdd_test_clips.jsonl.gz")
+    clip_words = read_transcripts(tmp_path / "fsdd_test_clips.txt")
+    assert len(clips) == 250 and clip_words == {c.id: DIGIT_WORDS[int(c.id[0])] for c in clips}
     again = prepare_digits(fsdd_dir, tmp_path / "again", num_dev=6, num_test=9)
     assert [c.duration for c in load_cuts(again["test"])] == [c.duration for c in test]
 
@@ -197,6 +200,10 @@ def test_held_out_strings_use_every_recording_of_the_speaker_once(tmp_path, fsdd
     assert all(1 <= len(c.supervisions[0].text.split()) <= 7 for c in strings)
     clip_seconds = sum(c.duration for c in fsdd_clips(folder) if c.custom["speaker"] == "lucas")
     assert sum(c.duration for c in strings) > clip_seconds  # the recordings plus pauses
+    clips = load_cuts(tmp_path / "data" / "held_out_lucas" / "clips.jsonl.gz")
+    clip_words = read_transcripts(tmp_path / "data" / "held_out_lucas" / "clips.txt")
+    assert sorted(c.id for c in clips) == sorted(n for n in names if "lucas" in n)
+    assert clip_words == {c.id: DIGIT_WORDS[int(c.id[0])] for c in clips}
     with pytest.raises(ValueError, match="no recordings of theo"):
         prepare_digits(folder, tmp_path / "other", num_dev=0, num_test=0, num_long=0, held_out=("theo",))
 

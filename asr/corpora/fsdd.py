@@ -156,6 +156,12 @@ def write_strings(strings: CutSet, out_dir: Path) -> CutSet:
     return cut_set
 
 
+def write_clip_transcripts(clips: CutSet, path: Path) -> None:
+    """`utt_id<TAB>digit word` for each clip, as asr-wer reads them."""
+    with open(path, "w", encoding="utf-8") as transcripts:
+        transcripts.writelines(f"{clip.id}\t{clip.supervisions[0].text}\n" for clip in clips)
+
+
 def prepare_digits(
     fsdd_dir: str | Path,
     out_dir: str | Path,
@@ -173,7 +179,9 @@ def prepare_digits(
     20-40 digits, 10-25 s) is longer than any training string: it measures how attention copes with
     lengths it never saw. For each speaker named in `held_out`, `held_out_<speaker>` holds strings
     that use all of that speaker's recordings once (`speaker_strings`), to score a model trained
-    without the speaker.
+    without the speaker, and `clips.jsonl.gz` with `clips.txt` the same recordings one by one.
+    `fsdd_test_clips.txt` holds the words of the 250 test-split clips: FSDD's clips are cut close
+    to the speech, which strings with pauses around every digit do not test.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +195,7 @@ def prepare_digits(
     train, test = split_clips(clips)
     train.to_file(out_dir / "fsdd_train_clips.jsonl.gz")
     test.to_file(out_dir / "fsdd_test_clips.jsonl.gz")
+    write_clip_transcripts(test, out_dir / "fsdd_test_clips.txt")
     normal = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
     long = StringConfig(min_digits=20, max_digits=40, min_pause=0.05, max_pause=0.25, max_edge_silence=0.3)
     paths = {"train_clips": out_dir / "fsdd_train_clips.jsonl.gz"}
@@ -212,6 +221,10 @@ def prepare_digits(
     for speaker in held_out:
         strings = speaker_strings(speakers[speaker], normal, seed + 4, prefix=f"digits_heldout_{speaker}_")
         write_strings(strings, out_dir / f"held_out_{speaker}")
+        # the same recordings one by one, cut close to the speech as FSDD ships them
+        clips_of_speaker = CutSet.from_cuts(speakers[speaker])
+        clips_of_speaker.to_file(out_dir / f"held_out_{speaker}" / "clips.jsonl.gz")
+        write_clip_transcripts(clips_of_speaker, out_dir / f"held_out_{speaker}" / "clips.txt")
         paths[f"held_out_{speaker}"] = out_dir / f"held_out_{speaker}" / "cuts.jsonl.gz"
         log.info("wrote %d strings of all %d recordings of %s", len(strings), len(speakers[speaker]), speaker)
     return paths

@@ -7,8 +7,9 @@
 #   FSDD_DIR=/path/to/free-spoken-digit-dataset bash recipes/digits/run.sh   # full upstream copy
 #   bash recipes/digits/run.sh -- trainer.max_epochs=4 model.attention.type=dot   # Hydra overrides
 #
-# Stages: 0 prepare manifests and dev/test audio, 1 train, 2 evaluate on test, 3 transcribe a recording,
-# 4 evaluation reports (WER by length, attention diagnostics and plots) on the test and the long strings.
+# Stages: 0 prepare manifests and dev/test audio, 1 train, 2 evaluate on the test strings and on FSDD's
+# test clips one by one, 3 transcribe a recording, 4 evaluation reports (WER by length, attention
+# diagnostics and plots) on the test and the long strings.
 set -euo pipefail
 cd "$(dirname "$0")/../.."   # the repository root: exp/ is created here
 
@@ -51,6 +52,11 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     --output "$exp_dir/test_hyp.txt" "$data_dir/test/cuts.jsonl.gz"
   asr-wer --ref "$data_dir/test/transcripts.txt" --hyp "$exp_dir/test_hyp.txt" \
     --details "$exp_dir/test_details.txt" | tee "$exp_dir/test_wer.txt"
+  echo "== stage 2: decode FSDD's 250 test clips one by one, cut close to the speech as FSDD ships them"
+  asr-transcribe --model "$model" --beam-size $beam_size --ctc-weight $ctc_weight \
+    --output "$exp_dir/clips_hyp.txt" "$data_dir/fsdd_test_clips.jsonl.gz"
+  asr-wer --ref "$data_dir/fsdd_test_clips.txt" --hyp "$exp_dir/clips_hyp.txt" \
+    --details "$exp_dir/clips_details.txt" | tee "$exp_dir/clips_wer.txt"
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
