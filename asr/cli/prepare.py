@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SPEAKER",
-        help="also write held_out_SPEAKER/: strings of all that speaker's recordings, each once, to score "
-        "a model trained with data.corpus.exclude_speakers=[SPEAKER] (repeatable)",
+        help="also write held_out_SPEAKER/: strings of all that speaker's recordings, each once "
+        "(cuts.jsonl.gz, transcripts.txt), and the recordings one by one (clips.jsonl.gz, clips.txt), "
+        "to score a model trained with data.corpus.exclude_speakers=[SPEAKER] (repeatable)",
     )
     digits.add_argument("--seed", type=int, default=20261125)
     kathleen = corpora.add_parser(
