@@ -26,6 +26,9 @@ class FeatureConfig:
     # normalisation): removes the fixed colouring of a microphone or channel before the global statistics
     mean_norm_range_db: float | None = None  # with utterance_mean_norm: the mean over the frames within
     # this many dB of the utterance's loudest one (its speech), so pauses do not set it; None: every frame
+    mean_norm_prior_frames: float | None = None  # with utterance_mean_norm: subtract the mean's level
+    # (its average over bins) in full and its spectral shape weighted n / (n + this), n the frames
+    # averaged, so one short word keeps most of its own shape; None: the whole mean
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,11 @@ class LogMelFeatures(nn.Module):
             loudest = loudness.max(dim=1, keepdim=True).values
             counted = loudness >= loudest - self.config.mean_norm_range_db * math.log(10) / 10
         weights = counted[..., None].to(feats.dtype)
-        mean = (feats * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        count = weights.sum(1, keepdim=True)  # (B, 1, 1)
+        mean = (feats * weights).sum(1, keepdim=True) / count
+        if self.config.mean_norm_prior_frames is not None:
+            level = mean.mean(-1, keepdim=True)
+            mean = level + (mean - level) * count / (count + self.config.mean_norm_prior_frames)
         return (feats - mean) * valid[..., None].to(feats.dtype)
 
     def _log_mel_each(self, waves, wave_lens, feat_lens) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import torch
+import torchaudio
 
 from asr.features import (
     FeatureConfig,
@@ -119,3 +120,23 @@ def test_utterance_mean_over_speech_frames_ignores_added_silence():
         assert torch.count_nonzero(feats[0, frames:]) == 0  # padding stays zero
         close = torch.allclose(feats[0, :frames], feats[1, :frames], atol=1e-4)
         assert close != moved
+
+
+def test_utterance_mean_with_prior_removes_level_and_part_of_the_shape():
+    """With `mean_norm_prior_frames`, the utterance's level is removed in full (louder input gives the
+    same frames) and its mean spectral shape weighted n / (n + prior): n = 47 frames against a prior of
+    100 leave 100 / 147 of the shape in place."""
+    torch.manual_seed(0)
+    noise = 0.1 * torch.randn(4000)  # 0.5 s at 8 kHz: 47 frames, all within 30 dB of the loudest
+    coloured = torchaudio.functional.lowpass_biquad(noise, 8000, 1000.0) + 0.2 * noise
+    waves = torch.stack([coloured, 10 * coloured])
+    lengths = torch.tensor([4000, 4000])
+    plain, _ = LogMelFeatures(FeatureConfig(sample_rate=8000))(waves, lengths)
+    config = FeatureConfig(sample_rate=8000, utterance_mean_norm=True, mean_norm_range_db=30.0,
+                           mean_norm_prior_frames=100.0)
+    feats, feat_lens = LogMelFeatures(config)(waves, lengths)
+    assert int(feat_lens[0]) == 47
+    torch.testing.assert_close(feats[0], feats[1], atol=5e-3, rtol=0)  # 20 dB louder, same frames
+    shape = plain[0].mean(0) - plain[0].mean()
+    assert shape.abs().max() > 2  # the low-pass colours the spectrum
+    torch.testing.assert_close(feats[0].mean(0), shape * 100 / 147, atol=1e-4, rtol=1e-4)
