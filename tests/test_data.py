@@ -107,6 +107,22 @@ def test_bare_edges_start_and_end_strings_on_the_speech(clips):
     assert 70 <= starts_bare <= 130
 
 
+
+def test_single_clip_strings_are_drawn_at_their_probability_and_zero_changes_nothing(clips):
+    """single_clip_probability p: about a share p of the strings are one recording (plus the
+    uniform draw's own 1-digit strings); at 0 the strings are exactly the ones without the option."""
+    train, _ = split_clips(clips)
+    config = StringConfig(min_digits=2, max_digits=7, single_clip_probability=0.3)
+    strings = make_strings(train, 300, config, seed=5, prefix="s")
+    single = sum(len(cut.supervisions) == 1 for cut in strings)
+    assert 60 <= single <= 120  # 90 expected; min_digits 2 makes every single one the option's
+    assert max(len(cut.supervisions) for cut in strings) == 7
+    default = make_strings(train, 20, StringConfig(), seed=5, prefix="s")
+    zero = make_strings(train, 20, StringConfig(single_clip_probability=0.0), seed=5, prefix="s")
+    assert [(c.duration, [s.text for s in c.supervisions]) for c in zero] == [
+        (c.duration, [s.text for s in c.supervisions]) for c in default
+    ]
+
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
     config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)

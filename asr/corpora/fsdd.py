@@ -41,6 +41,9 @@ class StringConfig:
     bare_edge_probability: float = 0.0
     speed_factors: tuple[float, ...] = (1.0,)  # one is drawn per string (speed perturbation)
     speed_per_digit: bool = False  # a factor per digit instead: speaking rate varies within a string
+    # chance that a string is a single recording, as FSDD ships them (otherwise min_digits to
+    # max_digits are drawn uniformly)
+    single_clip_probability: float = 0.0
 
 
 def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
@@ -79,7 +82,11 @@ def _by_speaker(clips: CutSet) -> dict[str, list]:
 def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: str):
     """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the
     whole string (or one per digit with `speed_per_digit`)."""
-    count = rng.randint(config.min_digits, config.max_digits)
+    # with the probability 0 no extra number is drawn, so the fixed dev and test strings stay the same
+    if config.single_clip_probability > 0 and rng.random() < config.single_clip_probability:
+        count = 1
+    else:
+        count = rng.randint(config.min_digits, config.max_digits)
     return join_clips([rng.choice(clips) for _ in range(count)], rng, config, cut_id)
 
 
