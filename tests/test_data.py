@@ -108,20 +108,19 @@ def test_bare_edges_start_and_end_strings_on_the_speech(clips):
 
 
 
-def test_single_clip_strings_are_drawn_at_their_probability_and_zero_changes_nothing(clips):
-    """single_clip_probability p: about a share p of the strings are one recording (plus the
-    uniform draw's own 1-digit strings); at 0 the strings are exactly the ones without the option."""
+def test_single_clip_strings_are_drawn_at_their_probability(clips):
+    """single_clip_probability p: about a share p of the strings are one recording (besides the
+    uniform draw's own 1-digit strings, none here with min_digits 2); at 0 there are none."""
     train, _ = split_clips(clips)
     config = StringConfig(min_digits=2, max_digits=7, single_clip_probability=0.3)
     strings = make_strings(train, 300, config, seed=5, prefix="s")
     single = sum(len(cut.supervisions) == 1 for cut in strings)
-    assert 60 <= single <= 120  # 90 expected; min_digits 2 makes every single one the option's
+    assert 60 <= single <= 120  # 90 expected
     assert max(len(cut.supervisions) for cut in strings) == 7
-    default = make_strings(train, 20, StringConfig(), seed=5, prefix="s")
-    zero = make_strings(train, 20, StringConfig(single_clip_probability=0.0), seed=5, prefix="s")
-    assert [(c.duration, [s.text for s in c.supervisions]) for c in zero] == [
-        (c.duration, [s.text for s in c.supervisions]) for c in default
-    ]
+    off_config = StringConfig(min_digits=2, single_clip_probability=0.0)
+    off = make_strings(train, 100, off_config, seed=5, prefix="s")
+    assert min(len(cut.supervisions) for cut in off) == 2
+
 
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
