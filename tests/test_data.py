@@ -107,7 +107,6 @@ def test_bare_edges_start_and_end_strings_on_the_speech(clips):
     assert 70 <= starts_bare <= 130
 
 
-
 def test_single_clip_strings_are_drawn_at_their_probability(clips):
     """single_clip_probability p: about a share p of the strings are one recording (besides the
     uniform draw's own 1-digit strings, none here with min_digits 2); at 0 there are none."""
