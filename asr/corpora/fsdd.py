@@ -80,13 +80,10 @@ def _by_speaker(clips: CutSet) -> dict[str, list]:
 
 
 def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: str):
-    """A MixedCut of min_digits to max_digits clips with silences between them, one speed factor for the
-    whole string (or one per digit with `speed_per_digit`)."""
-    # with the probability 0 no extra number is drawn, so the fixed dev and test strings stay the same
-    if config.single_clip_probability > 0 and rng.random() < config.single_clip_probability:
-        count = 1
-    else:
-        count = rng.randint(config.min_digits, config.max_digits)
+    """A MixedCut of min_digits to max_digits clips (one with `single_clip_probability`) with silences
+    between them, one speed factor for the whole string (or one per digit with `speed_per_digit`)."""
+    single = _chance(rng, config.single_clip_probability)
+    count = 1 if single else rng.randint(config.min_digits, config.max_digits)
     return join_clips([rng.choice(clips) for _ in range(count)], rng, config, cut_id)
 
 
@@ -105,10 +102,15 @@ def join_clips(chosen: list, rng: random.Random, config: StringConfig, cut_id: s
     return string.with_id(cut_id)
 
 
+def _chance(rng: random.Random, probability: float) -> bool:
+    """True with `probability`. At 0 no number is drawn, so options that are off leave the random
+    sequence, and with it the fixed dev and test strings, as they were."""
+    return probability > 0 and rng.random() < probability
+
+
 def _edge_silence(rng: random.Random, config: StringConfig) -> float:
-    """Seconds of silence at one end of a string. With bare_edge_probability 0 no extra number is
-    drawn, so the fixed dev and test strings stay what they were."""
-    if config.bare_edge_probability > 0 and rng.random() < config.bare_edge_probability:
+    """Seconds of silence at one end of a string (none with `bare_edge_probability`)."""
+    if _chance(rng, config.bare_edge_probability):
         return 0.0
     return rng.uniform(0, config.max_edge_silence)
 
