@@ -23,7 +23,8 @@ one-hour file costs 360,000 floats, not 230 MB of samples), then:
    at `min_cut_fraction` of the maximum), so no segment ever exceeds the maximum.
 
 Stretches with no speech at all belong to no segment. Recordings no longer than the maximum are not
-segmented here: the transcriber decodes them whole.
+segmented here: the transcriber decodes them whole, unless no frame of theirs reaches `silence_db`
+(`is_silent`), which leaves them without text or segments.
 """
 
 import dataclasses
@@ -120,6 +121,17 @@ def energy_envelope(blocks: Iterable[np.ndarray], sample_rate: int, frame_second
         chunks.append(_decibels(np.array([np.mean(np.square(carry, dtype=np.float64))])))
     energies = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     return Envelope(energies, frame_length / sample_rate, num_samples / sample_rate)
+
+
+def is_silent(wave: np.ndarray, sample_rate: int, config: SegmentationConfig) -> bool:
+    """Whether no frame of `wave` (mono samples) reaches `config.silence_db`: digital silence, or
+    so close to it that no speech can be in it (an empty wave is silent too).
+
+    The transcriber gives such a recording an empty text without decoding it: an attention
+    decoder has no "nothing was said" to fall back on and would otherwise name some words.
+    """
+    envelope = energy_envelope([np.asarray(wave, dtype=np.float32)], sample_rate, config.frame_seconds)
+    return not bool((envelope.energies > config.silence_db).any())
 
 
 def speech_frames(energies: np.ndarray, config: SegmentationConfig) -> np.ndarray:

@@ -3,7 +3,7 @@
     inputs (files, folders, lhotse manifests) -> Utterance (id, audio)       `collect_utterances`
     -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
     -> batches of similar duration, longest first                           `make_batches`
-    -> texts, joined per recording in time order, in input order            `transcribe`
+    -> texts (none for a piece of digital silence), in time order, in input order   `transcribe`
 
 Only a batch of pieces is held in memory at a time, so an hour-long recording costs the energy
 envelope of `asr.segmentation` plus one batch of segments. Batching never changes a result: the
@@ -23,7 +23,14 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, find_audio_files, limit_peak, load_audio
-from asr.segmentation import Segment, SegmentationConfig, energy_envelope, find_segments, segment_file
+from asr.segmentation import (
+    Segment,
+    SegmentationConfig,
+    energy_envelope,
+    find_segments,
+    is_silent,
+    segment_file,
+)
 
 MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
@@ -115,6 +122,7 @@ class Utterance:
     duration: float = 0.0  # seconds, known after `plan_pieces`
     segments: list[Segment] = field(default_factory=list)  # the decoded pieces, in time order
     texts: list[str] = field(default_factory=list)  # one per segment
+    silent: set[int] = field(default_factory=set)  # segments found silent (`is_silent`): not decoded
     error: str | None = None  # why it failed; None while it has not
 
     @property
@@ -300,8 +308,13 @@ def transcribe(
     total_seconds = sum(piece.duration for piece in pieces)
     with tqdm(total=total_seconds, unit="s", desc="audio", file=sys.stderr, disable=disable) as bar:
         for batch in make_batches(pieces, batch_size, max_batch_seconds):
-            _decode_batch(batch, utterances, decode_texts, sample_rate, on_error)
+            _decode_batch(batch, utterances, decode_texts, sample_rate, on_error, segmentation)
             bar.update(sum(piece.duration for piece in batch))
+    for utterance in utterances:  # a silent recording has no speech, so no segment (as a long one's pauses)
+        if utterance.silent:
+            kept = [i for i in range(len(utterance.segments)) if i not in utterance.silent]
+            utterance.segments = [utterance.segments[i] for i in kept]
+            utterance.texts = [utterance.texts[i] for i in kept]
     done = [utterance for utterance in utterances if utterance.error is None]
     return Report(
         num_files=len(done),
@@ -358,12 +371,28 @@ def _decode_batch(
     decode_texts: DecodeFunction,
     sample_rate: int,
     on_error: Callable[[str], None],
+    segmentation: SegmentationConfig,
 ) -> None:
-    """Load the batch's audio, decode it, and file each text under its utterance and segment."""
+    """Load the batch's audio, decode it, and file each text under its utterance and segment.
+
+    Pieces in which no frame reaches `segmentation.silence_db` are not decoded (`is_silent`).
+    """
     loaded, padded, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
-    if not loaded:
+    heard = []
+    for row, (piece, length) in enumerate(zip(loaded, wave_lens.tolist(), strict=True)):
+        if is_silent(padded[row, :length].numpy(), sample_rate, segmentation):
+            utterances[piece.utterance].silent.add(piece.index)
+        else:
+            heard.append(row)
+    if not heard:
         return
-    for piece, text in zip(loaded, decode_texts(padded, wave_lens), strict=True):
+    if len(heard) < len(loaded):
+        rows = torch.tensor(heard)
+        wave_lens = wave_lens.index_select(0, rows)
+        padded = padded.index_select(0, rows)[:, : int(wave_lens.max())]
+    texts = decode_texts(padded, wave_lens)
+    for row, text in zip(heard, texts, strict=True):
+        piece = loaded[row]
         utterances[piece.utterance].texts[piece.index] = text
 
 

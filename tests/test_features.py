@@ -132,8 +132,9 @@ def test_utterance_mean_with_prior_removes_level_and_part_of_the_shape():
     waves = torch.stack([coloured, 10 * coloured])
     lengths = torch.tensor([4000, 4000])
     plain, _ = LogMelFeatures(FeatureConfig(sample_rate=8000))(waves, lengths)
-    config = FeatureConfig(sample_rate=8000, utterance_mean_norm=True, mean_norm_range_db=30.0,
-                           mean_norm_prior_frames=100.0)
+    config = FeatureConfig(
+        sample_rate=8000, utterance_mean_norm=True, mean_norm_range_db=30.0, mean_norm_prior_frames=100.0
+    )
     feats, feat_lens = LogMelFeatures(config)(waves, lengths)
     assert int(feat_lens[0]) == 47
     torch.testing.assert_close(feats[0], feats[1], atol=5e-3, rtol=0)  # 20 dB louder, same frames

@@ -336,6 +336,58 @@ def test_only_a_batch_of_segments_is_loaded_at_a_time(tmp_path, checkpoint):
     assert sum(batch_samples) < 2 * 60 * MODEL_RATE
 
 
+def test_digital_silence_is_not_decoded_and_gets_no_text(tmp_path, capsys, checkpoint):
+    # The random model names some tokens for any input, as a trained one names digits for silence.
+    speech = _write(tmp_path / "speech.wav", 1.2, seed=4)
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(MODEL_RATE), MODEL_RATE)
+    faint = tmp_path / "faint.wav"  # -40 dBFS noise: quiet, but above the silence floor
+    soundfile.write(faint, 0.01 * _speechlike(1.0, MODEL_RATE, seed=5), MODEL_RATE)
+    segments = tmp_path / "segments.tsv"
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--segments", segments, silent, speech, faint
+    )
+    assert status == 0, err
+    assert "3 files, 3.2 s of audio" in err  # a silent file is transcribed, to an empty text
+    rows = _lines(out)
+    assert [row[0] for row in rows] == ["silent", "speech", "faint"]
+    assert rows[0][1] == "" and rows[2][1] != ""
+    # the silent file's row is left out of the batch: the others decode as they do alone
+    status, alone, alone_err = _run(capsys, "--model", checkpoint, *FAST, speech)
+    assert status == 0, alone_err
+    assert _lines(alone) == [rows[1]]
+    # no speech, no segment (as the pauses of a long recording)
+    assert [row[0] for row in _lines(segments.read_text())] == ["speech", "faint"]
+
+
+def test_the_decoder_never_sees_a_silent_recording(tmp_path, checkpoint):
+    paths = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    soundfile.write(paths[0], np.zeros(4000), MODEL_RATE)
+    _write(paths[1], 0.8, seed=6)
+    model, tokenizer = load_model(checkpoint)
+    decode = model_decoder(model, tokenizer, DecodingOptions(beam_size=1))
+    seen = []
+
+    def spy(waves, wave_lens):
+        seen.append(wave_lens.tolist())
+        return decode(waves, wave_lens)
+
+    utterances = [Utterance(path.stem, FileAudio(path)) for path in paths]
+    transcribe(
+        utterances,
+        spy,
+        MODEL_RATE,
+        segmentation=SegmentationConfig(),
+        batch_size=8,
+        max_batch_seconds=100.0,
+        on_error=pytest.fail,
+        progress=False,
+    )
+    assert seen == [[round(0.8 * MODEL_RATE)]]
+    assert utterances[0].text == "" and utterances[0].segments == []
+    assert len(utterances[1].segments) == 1
+
+
 def test_batches_are_sorted_by_duration_and_capped():
     durations = [3.0, 9.0, 1.0, 9.0, 5.0]
     pieces = [Piece(i, 0, None, duration) for i, duration in enumerate(durations)]
