@@ -349,6 +349,7 @@ def test_digital_silence_is_not_decoded_and_gets_no_text(tmp_path, capsys, check
     )
     assert status == 0, err
     assert "3 files, 3.2 s of audio" in err  # a silent file is transcribed, to an empty text
+    assert "note: silent: no sound above -80 dBFS; empty text" in err and "faint:" not in err
     rows = _lines(out)
     assert [row[0] for row in rows] == ["silent", "speech", "faint"]
     assert rows[0][1] == "" and rows[2][1] != ""
