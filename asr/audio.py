@@ -186,9 +186,14 @@ def _resample_array(waveform: np.ndarray, orig_rate: int, new_rate: int) -> np.n
         raise ValueError(f"sample rates must be positive, got {orig_rate} -> {new_rate}")
     if orig_rate == new_rate:
         return waveform
-    # soxr's high-quality mode, which librosa.resample(res_type="soxr_hq") calls: the same samples,
-    # without the 2 s that librosa's first resample spends importing scipy.signal and numba
-    return soxr.resample(waveform, orig_rate, new_rate, quality="HQ").astype(np.float32, copy=False)
+    # what librosa.resample(res_type="soxr_hq") computes: soxr's high-quality mode, zero-padded or
+    # cut to ceil(n * new / old) samples, without the 2 s that librosa's first resample spends
+    # importing scipy.signal and numba (a 1-sample file at 44.1 kHz still gives 1 sample at 16 kHz)
+    size = int(np.ceil(waveform.shape[-1] * (float(new_rate) / orig_rate)))
+    resampled = soxr.resample(waveform, orig_rate, new_rate, quality="HQ").astype(np.float32, copy=False)
+    if resampled.shape[-1] < size:
+        return np.pad(resampled, (0, size - resampled.shape[-1]))
+    return resampled[:size]
 
 
 def find_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
