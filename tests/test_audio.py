@@ -83,6 +83,20 @@ def test_resample_tensor():
         resample(sine.reshape(2, -1), 8000, 16000)
 
 
+@pytest.mark.parametrize("samples", [1, 2, 7, 441, 4410, 44101])
+@pytest.mark.parametrize(("orig_rate", "new_rate"), [(44100, 16000), (8000, 16000), (48000, 44100)])
+def test_resampling_equals_librosa_soxr_hq(samples, orig_rate, new_rate):
+    # soxr is called directly (librosa's first resample costs 2 s of imports); the samples and the
+    # length, ceil(n * new / old) even for a handful of samples, must stay librosa's
+    import librosa
+
+    wave = np.random.default_rng(samples).standard_normal(samples).astype(np.float32)
+    expected = librosa.resample(wave, orig_sr=orig_rate, target_sr=new_rate, res_type="soxr_hq")
+    got = resample(torch.from_numpy(wave), orig_rate, new_rate).numpy()
+    assert got.shape == expected.shape == (int(np.ceil(samples * new_rate / orig_rate)),)
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
 def test_stereo_is_mixed_down_by_averaging(tmp_path):
     left, right = _sine(16000), np.full(8000, 0.25, np.float32)
     soundfile.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
