@@ -194,12 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch_seconds=args.max_batch_seconds,
         on_error=report_error,
     )
-    for utterance in utterances:
-        if utterance.silent and not utterance.segments:  # said, not silently left empty
-            level = setup.segmentation.silence_db
-            tqdm.write(
-                f"{PROGRAM}: note: {utterance.id}: no sound above {level:g} dBFS; empty text", file=sys.stderr
-            )
+    for utterance in utterances:  # said, not silently left empty
+        if utterance.error is None and not utterance.segments:
+            # a short recording without a frame above silence_db, or a long one without speech
+            tqdm.write(f"{PROGRAM}: note: {utterance.id}: no speech found; empty text", file=sys.stderr)
     _write_results(utterances, setup)
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
     report = dataclasses.replace(report, num_failed=len(failures))
