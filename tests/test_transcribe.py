@@ -307,17 +307,23 @@ def test_long_recording_is_segmented_decoded_and_joined(tmp_path, capsys, checkp
     assert "1 file, 180.0 s of audio" in err
 
 
+def _spy_decoder(checkpoint: Path, record):
+    """The checkpoint's real greedy decoder, calling record(waves, wave_lens) on every batch first."""
+    model, tokenizer = load_model(checkpoint)
+    decode = model_decoder(model, tokenizer, DecodingOptions(beam_size=1))
+
+    def spy(waves, wave_lens):
+        record(waves, wave_lens)
+        return decode(waves, wave_lens)
+
+    return spy
+
+
 def test_only_a_batch_of_segments_is_loaded_at_a_time(tmp_path, checkpoint):
     # Spy on the real decoder: every batch it sees is a few segments, never the recording.
     audio = _burst_recording(tmp_path / "long.wav", minutes=1)
-    model, tokenizer = load_model(checkpoint)
-    decode = model_decoder(model, tokenizer, DecodingOptions(beam_size=1))
     batch_samples = []
-
-    def spy(waves, wave_lens):
-        batch_samples.append(waves.numel())
-        return decode(waves, wave_lens)
-
+    spy = _spy_decoder(checkpoint, lambda waves, wave_lens: batch_samples.append(waves.numel()))
     utterances = [Utterance("long", FileAudio(audio))]
     segmentation = SegmentationConfig(max_segment_seconds=8.0)
     report = transcribe(
@@ -368,14 +374,8 @@ def test_the_decoder_never_sees_a_silent_recording(tmp_path, checkpoint):
     paths = [tmp_path / "a.wav", tmp_path / "b.wav"]
     soundfile.write(paths[0], np.zeros(4000), MODEL_RATE)
     _write(paths[1], 0.8, seed=6)
-    model, tokenizer = load_model(checkpoint)
-    decode = model_decoder(model, tokenizer, DecodingOptions(beam_size=1))
     seen = []
-
-    def spy(waves, wave_lens):
-        seen.append(wave_lens.tolist())
-        return decode(waves, wave_lens)
-
+    spy = _spy_decoder(checkpoint, lambda waves, wave_lens: seen.append(wave_lens.tolist()))
     utterances = [Utterance(path.stem, FileAudio(path)) for path in paths]
     transcribe(
         utterances,
