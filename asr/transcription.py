@@ -3,7 +3,8 @@
     inputs (files, folders, lhotse manifests) -> Utterance (id, audio)       `collect_utterances`
     -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
     -> batches of similar duration, longest first                           `make_batches`
-    -> texts (none for a piece of digital silence), in time order, in input order   `transcribe`
+    -> texts, joined per recording in time order, in input order            `transcribe`
+       (a piece of digital silence is not decoded and leaves no segment)
 
 Only a batch of pieces is held in memory at a time, so an hour-long recording costs the energy
 envelope of `asr.segmentation` plus one batch of segments. Batching never changes a result: the
@@ -122,7 +123,8 @@ class Utterance:
     duration: float = 0.0  # seconds, known after `plan_pieces`
     segments: list[Segment] = field(default_factory=list)  # the decoded pieces, in time order
     texts: list[str] = field(default_factory=list)  # one per segment
-    silent: set[int] = field(default_factory=set)  # segments found silent (`is_silent`): not decoded
+    # indices of segments found silent (`is_silent`): not decoded, and dropped from `segments` at the end
+    silent: set[int] = field(default_factory=set)
     error: str | None = None  # why it failed; None while it has not
 
     @property
