@@ -88,6 +88,11 @@ class AugmentConfig:
     max_rt60: float = 0.6
     min_drr_db: float = 0.0  # direct-to-reverberant energy ratio, drawn from [min_drr_db, max_drr_db]
     max_drr_db: float = 15.0
+    hum_probability: float = 0.0  # share of utterances that get mains hum (50 or 60 Hz and harmonics)
+    min_hum_snr_db: float = 5.0  # the hum's level below the speech, drawn from [min, max] dB
+    max_hum_snr_db: float = 35.0
+    clip_probability: float = 0.0  # share of utterances recorded too loud: raised until their peak is
+    max_clip_db: float = 12.0  # up to this many dB over full scale, then clipped there
 
 
 def synthetic_room_response(
@@ -103,11 +108,27 @@ def synthetic_room_response(
     return tail
 
 
+def mains_hum(num_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power hum as a badly grounded microphone or cable picks it up: 50 or 60 Hz (within 1 %)
+    and its harmonics below 1 kHz and Nyquist, each of random strength (rising with the buzz of a
+    transformer's odd harmonics) and phase."""
+    fundamental = rng.choice([50.0, 60.0]) * rng.uniform(0.99, 1.01)
+    harmonics = np.arange(1, int(min(1000.0, sample_rate / 2) // fundamental) + 1)
+    amplitudes = rng.uniform(0, 1, len(harmonics)) * harmonics ** -rng.uniform(0.5, 2.0)
+    amplitudes[0] = max(amplitudes[0], 0.3)  # the fundamental is always there
+    phases = rng.uniform(0, 2 * np.pi, len(harmonics))
+    t = np.arange(num_samples) / sample_rate
+    hum = (amplitudes[:, None] * np.sin(2 * np.pi * fundamental * harmonics[:, None] * t + phases[:, None])).sum(0)
+    return hum / np.sqrt(np.mean(hum**2) + 1e-12)
+
+
 def augment_waveform(
     wave: np.ndarray, config: AugmentConfig, rng: np.random.Generator, sample_rate: int
 ) -> np.ndarray:
-    """Random room and microphone filtering, gain, then (with `config.noise_probability`) noise at a
-    random SNR. `sample_rate` is the rate of `wave` (the room response's length is in seconds)."""
+    """Random room and microphone filtering, gain, then (with `config.noise_probability`) noise and
+    (with `config.hum_probability`) mains hum, each at a random SNR, and (with
+    `config.clip_probability`) a level too loud for the converter. `sample_rate` is the rate of
+    `wave` (the room response's length and the hum's frequencies are in seconds and Hz)."""
     if rng.random() < config.reverb_probability and len(wave):
         response = synthetic_room_response(
             rng.uniform(config.min_rt60, config.max_rt60),
@@ -133,6 +154,14 @@ def augment_waveform(
         snr_db = rng.uniform(config.min_snr_db, config.max_snr_db)
         noise *= np.sqrt(signal_power / (np.mean(noise**2) + 1e-12) / 10 ** (snr_db / 10))
         wave = wave + noise
+    # no number drawn while it is off, so the other augmentations draw as they did before it
+    if config.hum_probability > 0 and rng.random() < config.hum_probability and len(wave):
+        signal_power = float(np.mean(wave**2)) + 1e-10
+        snr_db = rng.uniform(config.min_hum_snr_db, config.max_hum_snr_db)
+        wave = wave + mains_hum(len(wave), sample_rate, rng) * np.sqrt(signal_power / 10 ** (snr_db / 10))
+    if config.clip_probability > 0 and rng.random() < config.clip_probability and len(wave):
+        overdrive_db = rng.uniform(0.0, config.max_clip_db)
+        wave = wave * 10 ** (overdrive_db / 20) / (np.abs(wave).max() + 1e-10)
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 

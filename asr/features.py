@@ -21,6 +21,8 @@ class FeatureConfig:
     frame_shift_ms: float = 10.0
     f_min: float = 20.0
     f_max: float | None = None  # None: the Nyquist frequency; 4000 makes 8 kHz and 16 kHz audio look alike
+    high_pass_hz: float | None = None  # a 2nd-order Butterworth high-pass on the waveform first: takes out
+    # a DC offset and rumble below speech; None: off
     log_floor: float = 1e-6  # added to mel energies before the log, about -90 dB below full-scale speech
     utterance_mean_norm: bool = False  # subtract each utterance's own mean per bin (cepstral mean
     # normalisation): removes the fixed colouring of a microphone or channel before the global statistics
@@ -139,7 +141,26 @@ class LogMelFeatures(nn.Module):
         """(..., samples) -> (..., F, T) log-mel; a clip shorter than one FFT is zero-padded to it."""
         if waves.shape[-1] < self.n_fft:
             waves = nn.functional.pad(waves, (0, self.n_fft - waves.shape[-1]))
+        if self.config.high_pass_hz is not None:  # after the padding, as in a padded batch
+            waves = self._high_pass(waves)
         return torch.log(self.mel(waves) + self.config.log_floor)
+
+
+    def _high_pass(self, waves: torch.Tensor) -> torch.Tensor:
+        """The Butterworth high-pass biquad of `torchaudio.functional.highpass_biquad` (Q = 1/sqrt(2)),
+        without its clamping of the output to [-1, 1], which would clip loud audio with an offset.
+
+        The filter is causal, so the zeros that pad a shorter utterance in a batch come after its
+        samples and its frames stay the ones it gets alone.
+        """
+        w0 = 2 * math.pi * self.config.high_pass_hz / self.config.sample_rate
+        alpha = math.sin(w0) / math.sqrt(2)  # sin(w0) / (2 Q)
+        b = [(1 + math.cos(w0)) / 2, -(1 + math.cos(w0)), (1 + math.cos(w0)) / 2]
+        a = [1 + alpha, -2 * math.cos(w0), 1 - alpha]
+        # in float64, which torchaudio's loop also runs about three times faster than float32
+        waves64 = waves.double()
+        filtered = torchaudio.functional.lfilter(waves64, waves64.new_tensor(a), waves64.new_tensor(b), clamp=False)
+        return filtered.to(waves.dtype)
 
 
 class GlobalNormalization(nn.Module):

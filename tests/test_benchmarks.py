@@ -160,3 +160,40 @@ def test_long_recordings_are_built_deterministically(tmp_path):
     seconds, reference, num_strings = first
     assert reference.split()[:4] == ["word0", "word1", "word2", "word0"]  # cycles through the strings
     assert num_strings == len(reference.split()) and 9 <= seconds <= 12
+
+
+def test_robustness_writes_each_condition_and_scores_it(checkpoint, tmp_path):
+    rate, recordings = 8000, []
+    for index in range(2):
+        wave = 0.1 * np.sin(2 * np.pi * (200 + 100 * index) * np.arange(rate) / rate)
+        path = tmp_path / f"r{index}.wav"
+        soundfile.write(path, wave, rate)
+        recordings.append(lhotse.Recording.from_file(path, recording_id=f"r{index}"))
+    cuts = lhotse.CutSet.from_manifests(recordings=lhotse.RecordingSet.from_recordings(recordings))
+    cuts.to_file(tmp_path / "cuts.jsonl.gz")
+    (tmp_path / "ref.txt").write_text("".join(f"{cut.id} one two\n" for cut in cuts))
+    conditions = ["clean", "dc offset", "hum 60 Hz", "44.1 kHz stereo", "ogg vorbis"]
+    arguments = ["--model", str(checkpoint), "--cuts", str(tmp_path / "cuts.jsonl.gz")]
+    arguments += ["--ref", str(tmp_path / "ref.txt"), "--out", str(tmp_path / "out"), "--beam-size", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "robustness.py"), *arguments, "--conditions", *conditions],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert [row.split("|")[1].strip() for row in rows] == conditions
+    figures = json.loads(result.stdout.splitlines()[-1].removeprefix("RESULT "))["results"]
+    assert set(figures) == set(conditions) and all(row["words"] == 4 for row in figures.values())
+    first = next(iter(cuts)).id
+    offset, _ = soundfile.read(tmp_path / "out" / "dc_offset" / f"{first}.wav")
+    assert abs(offset.mean() - 0.02) < 1e-3
+    hum, _ = soundfile.read(tmp_path / "out" / "hum_60_Hz" / f"{first}.wav")
+    clean, _ = soundfile.read(tmp_path / "out" / "clean" / f"{first}.wav")
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean((hum - clean) ** 2))
+    assert abs(snr - 10) < 0.2
+    stereo, stereo_rate = soundfile.read(tmp_path / "out" / "441_kHz_stereo" / f"{first}.wav")
+    assert stereo_rate == 44100 and stereo.shape == (44100, 2)
+    assert soundfile.info(tmp_path / "out" / "ogg_vorbis" / f"{first}.ogg").format == "OGG"

@@ -1,6 +1,7 @@
 import shutil
 
 import numpy as np
+from scipy.signal import find_peaks
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from asr.data import (
     LoaderConfig,
     SpeechDataset,
     augment_waveform,
+    mains_hum,
     collate,
     make_loader,
     synthetic_room_response,
@@ -152,6 +154,55 @@ def test_reverberation_keeps_length_and_level_and_smears_an_impulse():
     assert np.count_nonzero(np.abs(room[1001:]) > 1e-4) > 500  # the tail follows it
     dry = AugmentConfig(reverb_probability=0.0, noise_probability=0.0, min_gain_db=0, max_gain_db=0)
     assert np.array_equal(augment_waveform(wave, dry, np.random.default_rng(3), 8000), wave)
+
+
+def test_mains_hum_sits_on_50_or_60_hz_harmonics_at_the_drawn_snr():
+    for seed in range(4):
+        hum = mains_hum(8000, 8000, np.random.default_rng(seed))
+        assert abs(np.mean(hum**2) - 1.0) < 1e-6
+        spectrum = np.abs(np.fft.rfft(hum * np.hanning(len(hum))))  # 1 Hz bins over 1 s
+        peaks, _ = find_peaks(spectrum, height=0.05 * spectrum.max())
+        fundamental = peaks[0]
+        assert 49 <= fundamental <= 51 or 59 <= fundamental <= 61
+        assert peaks.max() <= 1005  # harmonics stop below 1 kHz
+        # every peak is near a multiple of the fundamental (the hum drifts up to 1 % off the mains)
+        assert np.all(np.abs(peaks / (peaks / fundamental).round() - fundamental) <= 1.5)
+    wave = (np.sin(np.linspace(0, 2000, 16000)) * 0.3).astype(np.float32)
+    config = AugmentConfig(
+        noise_probability=0.0, min_gain_db=0, max_gain_db=0, hum_probability=1.0, min_hum_snr_db=20, max_hum_snr_db=20
+    )
+    hummed = augment_waveform(wave, config, np.random.default_rng(1), 16000)
+    snr = 10 * np.log10(np.mean(wave**2) / np.mean((hummed - wave) ** 2))
+    assert abs(snr - 20) < 0.1
+
+
+def test_hum_that_is_off_draws_no_number():
+    """Configurations without hum draw the same random sequence as before the option existed."""
+    wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
+    rng_off, rng_before = np.random.default_rng(7), np.random.default_rng(7)
+    augment_waveform(wave, AugmentConfig(hum_probability=0.0), rng_off, 8000)
+    augment_waveform(wave, AugmentConfig(), rng_before, 8000)
+    assert rng_off.random() == rng_before.random()
+    config = AugmentConfig(noise_probability=0.0, min_gain_db=0, max_gain_db=0, hum_probability=1e-9)
+    rng_on = np.random.default_rng(7)
+    assert np.array_equal(augment_waveform(wave, config, rng_on, 8000), wave)  # drew, but no hum
+    assert rng_on.random() != np.random.default_rng(7).random()
+
+
+def test_clipping_raises_the_peak_over_full_scale_and_cuts_it_there():
+    wave = (np.sin(np.linspace(0, 300, 8000)) * 0.2).astype(np.float32)
+    config = AugmentConfig(noise_probability=0.0, min_gain_db=0, max_gain_db=0, clip_probability=1.0, max_clip_db=12)
+    for seed in range(5):
+        clipped = augment_waveform(wave, config, np.random.default_rng(seed), 8000)
+        assert np.abs(clipped).max() == pytest.approx(1.0)
+        cut = np.abs(clipped) >= 1.0 - 1e-6
+        # a sine raised d dB over full scale is cut on 1 - (2 / pi) asin(10^(-d / 20)) of its samples
+        assert 0.0 < cut.mean() < 1 - 2 / np.pi * np.arcsin(10 ** (-12 / 20)) + 0.01
+        kept = ~cut & (np.abs(wave) > 1e-3)
+        gain = clipped[kept] / wave[kept]  # elsewhere the same waveform, raised by one gain of 0-12 dB
+        assert np.allclose(gain, gain[0], rtol=1e-4) and 5.0 - 1e-3 <= gain[0] <= 5.0 * 10 ** (12 / 20) + 1e-3
+    off = AugmentConfig(noise_probability=0.0, min_gain_db=0, max_gain_db=0, clip_probability=0.0)
+    assert np.array_equal(augment_waveform(wave, off, np.random.default_rng(0), 8000), wave)
 
 
 def test_collate_pads_and_keeps_lengths():

@@ -1,3 +1,5 @@
+import math
+
 import torch
 import torchaudio
 
@@ -33,6 +35,39 @@ def test_features_of_an_utterance_do_not_depend_on_padding():
     together, lens = features(batch, torch.tensor([3000, 8000]))
     assert lens[0] == alone_lens[0]
     torch.testing.assert_close(together[0, : lens[0]], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_high_pass_keeps_each_utterance_independent_of_its_padding():
+    torch.manual_seed(0)
+    features = LogMelFeatures(FeatureConfig(sample_rate=8000, num_mel_bins=40, high_pass_hz=80.0)).eval()
+    lengths = torch.tensor([8000, 3000, 100, 5000])  # per utterance in eval, batched in training
+    waves = torch.randn(4, 8000) * 0.1 + 0.3
+    each, lens = features(waves, lengths)
+    batched, _ = features.train()(waves, lengths)
+    for row, length in enumerate(lens.tolist()):
+        alone, _ = features(waves[row : row + 1, : lengths[row]], lengths[row : row + 1])
+        torch.testing.assert_close(each[row, :length], alone[0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(batched[row, :length], alone[0], rtol=1e-5, atol=1e-4)
+
+
+def test_high_pass_removes_a_dc_offset_and_keeps_speech_bands():
+    """Speech-band content passes unchanged; an offset, which fills the lowest mel bins, is gone."""
+    t = torch.arange(16000) / 8000
+    speech = 0.1 * torch.sin(2 * torch.pi * 300 * t) + 0.05 * torch.sin(2 * torch.pi * 1200 * t)
+    lengths = torch.tensor([16000])
+    plain = LogMelFeatures(FeatureConfig(sample_rate=8000, f_max=4000.0))
+    filtered = LogMelFeatures(FeatureConfig(sample_rate=8000, f_max=4000.0, high_pass_hz=80.0))
+    with_offset, _ = filtered((speech + 0.2)[None], lengths)
+    clean, _ = filtered(speech[None], lengths)
+    settled = slice(20, None)  # the filter's step response dies out within 0.2 s
+    torch.testing.assert_close(with_offset[0, settled], clean[0, settled], rtol=0, atol=1e-2)
+    unfiltered, _ = plain((speech + 0.2)[None], lengths)
+    unfiltered_clean, _ = plain(speech[None], lengths)
+    assert (unfiltered - unfiltered_clean)[0, settled, :3].min() > 5  # without it: > 5 nats in the lowest bins
+    # the tones at 300 and 1200 Hz pass: the bins within 20 dB of the loudest are within 0.1 nat (0.4 dB)
+    reference = unfiltered_clean[0, settled]
+    tones = reference > reference.max() - 20 * math.log(10) / 10
+    assert (clean[0, settled] - reference)[tones].abs().max() < 0.1
 
 
 def test_a_batch_with_much_padding_gets_the_padded_transforms_frames(monkeypatch):
