@@ -110,8 +110,8 @@ def synthetic_room_response(
 
 def mains_hum(num_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-power hum as a badly grounded microphone or cable picks it up: 50 or 60 Hz (within 1 %)
-    and its harmonics below 1 kHz and Nyquist, each of random strength (rising with the buzz of a
-    transformer's odd harmonics) and phase."""
+    and its harmonics below 1 kHz and Nyquist, of random phases and strengths that fall off as
+    k^-p with p drawn from 0.5-2 (from a buzz rich in harmonics to a nearly pure tone)."""
     fundamental = rng.choice([50.0, 60.0]) * rng.uniform(0.99, 1.01)
     harmonics = np.arange(1, int(min(1000.0, sample_rate / 2) // fundamental) + 1)
     amplitudes = rng.uniform(0, 1, len(harmonics)) * harmonics ** -rng.uniform(0.5, 2.0)

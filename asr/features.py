@@ -145,7 +145,6 @@ class LogMelFeatures(nn.Module):
             waves = self._high_pass(waves)
         return torch.log(self.mel(waves) + self.config.log_floor)
 
-
     def _high_pass(self, waves: torch.Tensor) -> torch.Tensor:
         """The Butterworth high-pass biquad of `torchaudio.functional.highpass_biquad` (Q = 1/sqrt(2)),
         without its clamping of the output to [-1, 1], which would clip loud audio with an offset.
@@ -159,7 +158,9 @@ class LogMelFeatures(nn.Module):
         a = [1 + alpha, -2 * math.cos(w0), 1 - alpha]
         # in float64, which torchaudio's loop also runs about three times faster than float32
         waves64 = waves.double()
-        filtered = torchaudio.functional.lfilter(waves64, waves64.new_tensor(a), waves64.new_tensor(b), clamp=False)
+        filtered = torchaudio.functional.lfilter(
+            waves64, waves64.new_tensor(a), waves64.new_tensor(b), clamp=False
+        )
         return filtered.to(waves.dtype)
 
 

@@ -33,8 +33,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import librosa
 import lhotse
+import librosa
 import numpy as np
 import soundfile
 import soxr
@@ -73,7 +73,9 @@ CONDITIONS = {
     "clipped": _clipped,
     "dc offset": lambda wave, rate, rng: wave + 0.02,
     "hum 50 Hz": lambda wave, rate, rng: _tones(wave, rate, [50], [1.0], 15.0),
-    "hum 60 Hz": lambda wave, rate, rng: _tones(wave, rate, [60, 120, 180, 300], [1, 1 / 2, 1 / 3, 1 / 5], 10.0),
+    "hum 60 Hz": lambda wave, rate, rng: _tones(
+        wave, rate, [60, 120, 180, 300], [1, 1 / 2, 1 / 3, 1 / 5], 10.0
+    ),
     "white noise": _white_noise,
     "telephone": _telephone,
     "44.1 kHz stereo": lambda wave, rate, rng: wave,
@@ -98,7 +100,9 @@ def write_condition(name: str, cuts: lhotse.CutSet, folder: Path) -> None:
             stereo = np.stack([wave44 * 1.2, wave44 * 0.8], axis=1)
             soundfile.write(folder / f"{cut.id}.wav", np.clip(stereo, -1, 1), 44100, subtype="PCM_16")
         elif name == "ogg vorbis":
-            soundfile.write(folder / f"{cut.id}.ogg", np.clip(wave, -1, 1), rate, format="OGG", subtype="VORBIS")
+            soundfile.write(
+                folder / f"{cut.id}.ogg", np.clip(wave, -1, 1), rate, format="OGG", subtype="VORBIS"
+            )
         else:
             soundfile.write(folder / f"{cut.id}.wav", np.clip(wave, -1, 1), rate, subtype=subtype)
 
@@ -108,7 +112,13 @@ def decode(args, folder: Path) -> tuple[dict[str, str], float]:
     output = folder / "hyp.txt"
     command = shutil.which("asr-transcribe") or str(Path(sys.executable).with_name("asr-transcribe"))
     arguments = [command, "--model", args.model, "--beam-size", str(args.beam_size)]
-    arguments += ["--ctc-weight", str(args.ctc_weight), "--output", str(output), *args.transcribe_args.split()]
+    arguments += [
+        "--ctc-weight",
+        str(args.ctc_weight),
+        "--output",
+        str(output),
+        *args.transcribe_args.split(),
+    ]
     finished = subprocess.run([*arguments, str(folder)], capture_output=True, text=True)
     if finished.returncode != 0:
         raise RuntimeError(f"asr-transcribe failed on {folder}:\n{finished.stderr[-2000:]}")
@@ -120,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, metavar="CKPT", help="model checkpoint (required)")
     parser.add_argument(
-        "--cuts", default="exp/digits/data/test/cuts.jsonl.gz", metavar="MANIFEST", help="(default: %(default)s)"
+        "--cuts",
+        default="exp/digits/data/test/cuts.jsonl.gz",
+        metavar="MANIFEST",
+        help="(default: %(default)s)",
     )
     parser.add_argument(
         "--ref",
@@ -129,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="'utt_id text' lines of the cuts (default: %(default)s)",
     )
     parser.add_argument(
-        "--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS), metavar="NAME",
+        "--conditions",
+        nargs="+",
+        default=list(CONDITIONS),
+        choices=list(CONDITIONS),
+        metavar="NAME",
         help="a subset of: " + ", ".join(CONDITIONS),
     )
     parser.add_argument("--beam-size", type=int, default=10, metavar="N", help="(default: %(default)s)")
@@ -137,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--transcribe-args", default="", metavar="ARGS", help="extra asr-transcribe arguments (default: none)"
     )
-    parser.add_argument("--out", default="exp/robustness", metavar="DIR", help="audio and hypotheses (default: %(default)s)")
+    parser.add_argument(
+        "--out", default="exp/robustness", metavar="DIR", help="audio and hypotheses (default: %(default)s)"
+    )
     return parser
 
 
@@ -147,7 +166,9 @@ def main(argv=None) -> int:
     references = read_transcripts(args.ref)
     missing = [cut.id for cut in cuts if cut.id not in references]
     if missing:
-        raise SystemExit(f"robustness.py: {args.ref} has no transcript for {len(missing)} cuts, e.g. {missing[0]}")
+        raise SystemExit(
+            f"robustness.py: {args.ref} has no transcript for {len(missing)} cuts, e.g. {missing[0]}"
+        )
     ids = [cut.id for cut in cuts]
     results = {}
     for name in args.conditions:
@@ -170,10 +191,11 @@ def main(argv=None) -> int:
     print("| condition | WER | sub / del / ins |")
     print("|---|---:|---|")
     for name, row in results.items():
-        print(
-            f"| {name} | {100 * row['wer']:.2f} % | {row['substitutions']} / {row['deletions']} / {row['insertions']} |"
-        )
-    print("RESULT " + json.dumps({"model": args.model, "cuts": args.cuts, "results": results}, sort_keys=True))
+        counts = f"{row['substitutions']} / {row['deletions']} / {row['insertions']}"
+        print(f"| {name} | {100 * row['wer']:.2f} % | {counts} |")
+    print(
+        "RESULT " + json.dumps({"model": args.model, "cuts": args.cuts, "results": results}, sort_keys=True)
+    )
     return 0
 
 

@@ -1,9 +1,9 @@
 import shutil
 
 import numpy as np
-from scipy.signal import find_peaks
 import pytest
 import torch
+from scipy.signal import find_peaks
 
 from asr.corpora.fsdd import (
     DIGIT_WORDS,
@@ -20,8 +20,8 @@ from asr.data import (
     LoaderConfig,
     SpeechDataset,
     augment_waveform,
-    mains_hum,
     collate,
+    mains_hum,
     make_loader,
     synthetic_room_response,
 )
@@ -169,7 +169,12 @@ def test_mains_hum_sits_on_50_or_60_hz_harmonics_at_the_drawn_snr():
         assert np.all(np.abs(peaks / (peaks / fundamental).round() - fundamental) <= 1.5)
     wave = (np.sin(np.linspace(0, 2000, 16000)) * 0.3).astype(np.float32)
     config = AugmentConfig(
-        noise_probability=0.0, min_gain_db=0, max_gain_db=0, hum_probability=1.0, min_hum_snr_db=20, max_hum_snr_db=20
+        noise_probability=0.0,
+        min_gain_db=0,
+        max_gain_db=0,
+        hum_probability=1.0,
+        min_hum_snr_db=20,
+        max_hum_snr_db=20,
     )
     hummed = augment_waveform(wave, config, np.random.default_rng(1), 16000)
     snr = 10 * np.log10(np.mean(wave**2) / np.mean((hummed - wave) ** 2))
@@ -191,7 +196,9 @@ def test_hum_that_is_off_draws_no_number():
 
 def test_clipping_raises_the_peak_over_full_scale_and_cuts_it_there():
     wave = (np.sin(np.linspace(0, 300, 8000)) * 0.2).astype(np.float32)
-    config = AugmentConfig(noise_probability=0.0, min_gain_db=0, max_gain_db=0, clip_probability=1.0, max_clip_db=12)
+    config = AugmentConfig(
+        noise_probability=0.0, min_gain_db=0, max_gain_db=0, clip_probability=1.0, max_clip_db=12
+    )
     for seed in range(5):
         clipped = augment_waveform(wave, config, np.random.default_rng(seed), 8000)
         assert np.abs(clipped).max() == pytest.approx(1.0)
