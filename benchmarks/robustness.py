@@ -66,7 +66,7 @@ def _telephone(wave, rate, rng):
     return sosfilt(butter(4, [300, min(3400, 0.45 * rate)], btype="band", fs=rate, output="sos"), wave)
 
 
-# condition -> (wave, rate, rng) -> wave; the rate changes only where WRITERS says so
+# condition -> (wave, rate, rng) -> wave; `write_condition` changes the rate or format of two of them
 CONDITIONS = {
     "clean": lambda wave, rate, rng: wave,
     "quiet": lambda wave, rate, rng: wave * 10 ** (-30 / 20),
@@ -94,7 +94,7 @@ def write_condition(name: str, cuts: lhotse.CutSet, folder: Path) -> None:
     for cut in cuts:
         wave, rate = cut.load_audio().mean(axis=0).astype(np.float64), cut.sampling_rate
         wave = CONDITIONS[name](wave, rate, rng)
-        subtype = "FLOAT" if name in ("dc offset",) else "PCM_16"  # an offset must not clip on writing
+        subtype = "FLOAT" if name in ("dc offset",) else "PCM_16"  # the offset exact, not quantised
         if name == "44.1 kHz stereo":
             wave44 = soxr.resample(wave, rate, 44100)
             stereo = np.stack([wave44 * 1.2, wave44 * 0.8], axis=1)
