@@ -35,13 +35,17 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class SpecAugmentConfig:
-    """SpecAugment (Park et al. 2019) without time warping; applied in training only."""
+    """SpecAugment (Park et al. 2019) and two warps of each utterance's frames; training only."""
 
     num_freq_masks: int = 2
     max_freq_width: int = 15  # mel bins
     num_time_masks: int = 2
     max_time_width: int = 40  # frames
     max_time_ratio: float = 0.1  # a time mask covers at most this share of its utterance
+    max_freq_warp: float = 0.0  # vocal tract length perturbation (Jaitly & Hinton 2013): each utterance's
+    # spectrum scaled in frequency by a factor from [1 - this, 1 + this], the band's top kept; 0: off
+    max_time_stretch: float = 0.0  # tempo: each utterance's frames resampled to a rate from
+    # [1 - this, 1 + this] of its own, the spectrum kept (speed perturbation changes both); 0: off
 
 
 def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
@@ -210,15 +214,81 @@ class FeatureStatistics:
         return mean.float(), variance.sqrt().float()
 
 
-class SpecAugment(nn.Module):
-    """Random frequency and time masks, drawn per utterance and kept inside its valid frames.
+def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
+    """The HTK mel scale, torchaudio's default."""
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)
 
-    Masked values are set to 0, which after global normalisation is the training mean.
+
+def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+# VTLP's warp is linear up to this share of the top frequency (in the output's frequencies, times the
+# factor when it is below 1) and then bends so that the top maps to itself, as in Jaitly & Hinton 2013.
+FREQ_WARP_KNEE = 0.85
+
+
+class SpecAugment(nn.Module):
+    """Training-time augmentation of log-mel frames, drawn per utterance.
+
+    `warp` (on the raw log-mel frames, before global normalisation) changes each utterance's tempo
+    and scales its spectrum in frequency, which speaker and speaking rate move independently;
+    `forward` (after normalisation) applies random frequency and time masks inside each utterance's
+    valid frames, set to 0, the training mean.
     """
 
-    def __init__(self, config: SpecAugmentConfig):
+    def __init__(self, config: SpecAugmentConfig, features: FeatureConfig | None = None):
         super().__init__()
         self.config = config
+        if config.max_freq_warp and features is None:
+            raise ValueError("max_freq_warp needs the feature configuration (the mel bins' frequencies)")
+        if not (0.0 <= config.max_freq_warp < 1.0 and 0.0 <= config.max_time_stretch < 1.0):
+            raise ValueError(
+                "max_freq_warp and max_time_stretch must be in [0, 1), "
+                f"got {config.max_freq_warp} and {config.max_time_stretch}"
+            )
+        if features is not None:
+            top = features.f_max if features.f_max is not None else features.sample_rate / 2
+            self.mel_low, self.mel_high = (float(hz_to_mel(torch.tensor(hz))) for hz in (features.f_min, top))
+            self.top_hz, self.num_bins = top, features.num_mel_bins
+
+    def warp(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) raw log-mel frames -> tempo-changed and frequency-warped frames, new lengths."""
+        if not self.training:
+            return feats, feat_lens
+        config = self.config
+        if config.max_time_stretch:
+            feats, feat_lens = self.stretch_time(feats, feat_lens, self._draw(feats, config.max_time_stretch))
+        if config.max_freq_warp:
+            feats = self.warp_frequency(feats, self._draw(feats, config.max_freq_warp))
+        return feats, feat_lens
+
+    @staticmethod
+    def _draw(feats: torch.Tensor, spread: float) -> torch.Tensor:
+        """(B,) factors uniform in [1 - spread, 1 + spread]."""
+        return 1.0 + spread * (2.0 * torch.rand(feats.shape[0], device=feats.device) - 1.0)
+
+    @staticmethod
+    def stretch_time(feats, feat_lens, rate) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each utterance's n frames linearly resampled to round(n / rate): rate > 1 is faster speech."""
+        new_lens = torch.clamp((feat_lens / rate).round().long(), min=1)
+        # output frame t reads input position t (n - 1) / (n' - 1): the first and last frames are kept
+        step = (feat_lens - 1).float() / (new_lens - 1).clamp_min(1).float()
+        positions = torch.arange(int(new_lens.max()), device=feats.device)[None, :] * step[:, None]
+        positions = torch.minimum(positions, (feat_lens - 1)[:, None].float())
+        return _interpolate(feats, positions[..., None].expand(-1, -1, feats.shape[2]), dim=1), new_lens
+
+    def warp_frequency(self, feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Output bin i reads the spectrum at f_i / alpha (f_i its centre; linear in the bin's mel
+        position): alpha > 1 moves formants and harmonics up, as a shorter vocal tract does."""
+        bins, alpha = feats.shape[-1], alpha[:, None]
+        mel_step = (self.mel_high - self.mel_low) / (self.num_bins + 1)
+        centres = mel_to_hz(self.mel_low + mel_step * torch.arange(1, bins + 1, device=feats.device))[None, :]
+        knee = FREQ_WARP_KNEE * self.top_hz * alpha.clamp_max(1.0)
+        bent = knee / alpha + (centres - knee) * (self.top_hz - knee / alpha) / (self.top_hz - knee)
+        source_hz = torch.where(centres <= knee, centres / alpha, bent)
+        positions = ((hz_to_mel(source_hz) - self.mel_low) / mel_step - 1.0).clamp(0.0, bins - 1)
+        return _interpolate(feats, positions[:, None, :].expand_as(feats), dim=2)
 
     def _band_mask(self, size: int, max_width: torch.Tensor, num_masks: int, lengths: torch.Tensor):
         """(B,) limits -> (B, size) bool mask of `num_masks` random bands per row."""
@@ -248,3 +318,12 @@ class SpecAugment(nn.Module):
         time_mask = self._band_mask(frames, time_limit, config.num_time_masks, feat_lens)
         mask = freq_mask[:, None, :] | time_mask[:, :, None]  # (B, T, F)
         return feats.masked_fill(mask, 0.0)
+
+
+def _interpolate(feats: torch.Tensor, positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, T, F) frames read at fractional `positions` along `dim`, linearly between neighbours;
+    `positions` has the output's shape."""
+    lower = positions.floor().long()
+    upper = (lower + 1).clamp_max(feats.shape[dim] - 1)
+    low, high = feats.gather(dim, lower), feats.gather(dim, upper)
+    return low + (high - low) * (positions - lower).to(feats.dtype)

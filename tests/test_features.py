@@ -141,6 +141,57 @@ def test_spec_augment_masks_only_in_training_and_within_each_length():
         assert int(freq_masked.sum()) <= 2 * 5
 
 
+def test_frequency_warp_moves_a_tone_where_a_scaled_tone_lies():
+    """VTLP: a tone warped by alpha has the log-mel spectrum of the tone at alpha times its frequency."""
+    config = FeatureConfig(sample_rate=8000, f_max=4000.0)
+    features, augment = LogMelFeatures(config), SpecAugment(SpecAugmentConfig(max_freq_warp=0.12), config)
+    t = torch.arange(8000) / 8000
+
+    def tone(hz):
+        return features(torch.sin(2 * math.pi * hz * t)[None], torch.tensor([8000]))[0]
+
+    for hz in (500.0, 1000.0, 2500.0):  # below, an 8 kHz FFT's 31 Hz bins are coarser than the mel bins
+        for alpha in (0.9, 1.1):
+            warped = augment.warp_frequency(tone(hz), torch.tensor([alpha]))
+            target, original = tone(hz * alpha), tone(hz)
+            assert warped[0].mean(0).argmax() == target[0].mean(0).argmax() != original[0].mean(0).argmax()
+            assert (warped - target).abs().mean() < 0.7 * (original - target).abs().mean()
+    feats = torch.randn(2, 30, 80)
+    torch.testing.assert_close(augment.warp_frequency(feats, torch.ones(2)), feats, atol=1e-4, rtol=0)
+    # the top of the band maps to itself, so alpha < 1 does not read beyond the top bin
+    top = torch.zeros(1, 1, 80)
+    top[..., -1] = 1.0
+    assert augment.warp_frequency(top, torch.tensor([0.88]))[0, 0, -1] == 1.0
+
+
+def test_time_stretch_resamples_each_utterance_to_its_own_rate():
+    augment = SpecAugment(SpecAugmentConfig(max_time_stretch=0.2))
+    ramp = torch.arange(40.0)[None, :, None].expand(3, 40, 4).clone()
+    lens = torch.tensor([40, 21, 1])
+    stretched, new_lens = augment.stretch_time(ramp, lens, torch.tensor([0.5, 1.25, 2.0]))
+    assert new_lens.tolist() == [80, 17, 1]
+    torch.testing.assert_close(stretched[0, :80, 0], torch.linspace(0, 39, 80))  # slower: frames in between
+    torch.testing.assert_close(stretched[1, :17, 0], torch.linspace(0, 20, 17))  # never past its own end
+    assert stretched[2, 0, 0] == 0.0
+    same, same_lens = augment.stretch_time(ramp, lens, torch.ones(3))
+    valid = sequence_mask(lens)
+    assert torch.equal(same_lens, lens) and torch.equal(same[valid], ramp[valid])
+
+
+def test_warps_draw_factors_in_range_and_only_in_training():
+    torch.manual_seed(0)
+    config = FeatureConfig(sample_rate=8000, f_max=4000.0, num_mel_bins=40)
+    augment = SpecAugment(SpecAugmentConfig(max_freq_warp=0.1, max_time_stretch=0.2), config)
+    feats, lens = torch.randn(64, 100, 40), torch.full((64,), 100)
+    assert augment.eval().warp(feats, lens)[0] is feats
+    warped, new_lens = augment.train().warp(feats, lens)
+    assert new_lens.min() >= round(100 / 1.2) and new_lens.max() <= round(100 / 0.8)
+    assert len(set(new_lens.tolist())) > 10 and warped.shape == (64, int(new_lens.max()), 40)
+    assert not torch.equal(augment.warp(feats, lens)[0], augment.warp(feats, lens)[0])
+    off = SpecAugment(SpecAugmentConfig()).train()
+    assert off.warp(feats, lens)[0] is feats
+
+
 def test_utterance_mean_over_speech_frames_ignores_added_silence():
     """Cepstral mean normalisation over the frames near the loudest one: a pause of digital silence
     appended to an utterance leaves its speech frames as they were, where the mean over every frame

@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from asr.features import sequence_mask
+from asr.features import SpecAugmentConfig, sequence_mask
 from asr.model import LAS
 from asr.model.attention import AttentionConfig, DotProductAttention, build_attention
 from asr.model.encoder import (
@@ -299,3 +300,27 @@ def test_ctc_loss_is_finite_at_the_ctc_level():
         torch.tensor([10, 10]),
     )
     assert torch.isfinite(output.ctc_loss) and output.ctc_loss > 0
+
+
+def test_tempo_and_frequency_warps_reach_the_loss_in_training_only():
+    """With the warps on, a training step sees shorter or longer inputs (the CTC frames follow the new
+    lengths) and its gradients flow; evaluation computes exactly what the model without them does."""
+    torch.manual_seed(0)
+    no_masks = SpecAugmentConfig(num_freq_masks=0, num_time_masks=0)
+    warps = dataclasses.replace(no_masks, max_freq_warp=0.1, max_time_stretch=0.3)
+    model = LAS(tiny_config(ctc_weight=0.5, spec_augment=warps))
+    plain = LAS(tiny_config(ctc_weight=0.5, spec_augment=no_masks))
+    plain.load_state_dict(model.state_dict())
+    waves, lens = torch.randn(4, 8000), torch.full((4,), 8000)
+    targets, target_lens = torch.randint(2, 11, (4, 6)), torch.full((4,), 6)
+    feats, feat_lens = model.compute_features(waves, lens)
+    model.train()
+    lengths = {tuple(model.encode_features(feats, feat_lens).ctc_lengths.tolist()) for _ in range(5)}
+    assert len(lengths) > 1  # a new rate per utterance and step
+    output = model(waves, lens, targets, target_lens)
+    output.loss.backward()
+    gradient = model.encoder.layers[0].forward_lstm.weight_ih_l0.grad
+    assert torch.isfinite(output.loss) and gradient.abs().sum() > 0
+    model.eval(), plain.eval()
+    expected = plain(waves, lens, targets, target_lens).loss
+    torch.testing.assert_close(model(waves, lens, targets, target_lens).loss, expected)

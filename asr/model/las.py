@@ -1,6 +1,7 @@
 """Listen, Attend and Spell (Chan et al. 2016) with a joint CTC head (Kim et al. 2017).
 
-    waves -> log-mel -> global normalisation -> SpecAugment (training) -> pyramidal BiLSTM
+    waves -> log-mel -> [tempo and frequency warps] -> global normalisation -> [SpecAugment masks]
+          -> pyramidal BiLSTM  ([...]: training only)
           -> attention decoder (cross-entropy with label smoothing)
           -> CTC head on the encoder level whose frame rate exceeds the label rate
 
@@ -96,7 +97,7 @@ class LAS(nn.Module):
             )
         self.features = LogMelFeatures(config.features)
         self.normalization = GlobalNormalization(config.features.num_mel_bins)
-        self.spec_augment = SpecAugment(config.spec_augment)
+        self.spec_augment = SpecAugment(config.spec_augment, config.features)
         self.encoder = PyramidalEncoder(config.encoder)
         memory_dim = self.encoder.output_dim
         attention = build_attention(config.attention, config.decoder.hidden_dim, memory_dim)
@@ -115,7 +116,8 @@ class LAS(nn.Module):
     def encode_features(self, feats, feat_lens) -> EncoderOutput:
         """Normalise, augment (training only) and encode log-mel frames (B, T, F)."""
         with torch.autocast(feats.device.type, enabled=False):
-            feats = self.spec_augment(self.normalization(feats.float(), feat_lens), feat_lens)
+            feats, feat_lens = self.spec_augment.warp(feats.float(), feat_lens)
+            feats = self.spec_augment(self.normalization(feats, feat_lens), feat_lens)
         return self.encoder(feats, feat_lens)
 
     def encode(self, waves: torch.Tensor, wave_lens: torch.Tensor) -> EncoderOutput:
