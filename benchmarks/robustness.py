@@ -20,6 +20,10 @@ a user would run it on such files; the hypotheses are scored with `asr.metrics.w
 - pitch -3 / +3: three semitones lower or higher (librosa's phase vocoder), the tempo kept;
 - tempo 0.8 / 1.25: slower or faster speech, the pitch kept.
 
+The phase vocoder runs on 64 ms frames (`speech_fft_size`), not librosa's default of 2048 samples,
+which at 8 kHz is 256 ms, longer than a digit: shifting 8 kHz strings by 0.01 semitone with that
+window cost a model 9 points of WER on its own (3.31 -> 12.48 %), against 0.26 with 64 ms.
+
 Levels are relative to the recording's mean power, so a quiet voice gets a quiet fault too, except
 the DC offset and the clipping, which are faults of the hardware's scale.
 Prints a markdown table and a final line `RESULT {json}`.
@@ -66,6 +70,20 @@ def _telephone(wave, rate, rng):
     return sosfilt(butter(4, [300, min(3400, 0.45 * rate)], btype="band", fs=rate, output="sos"), wave)
 
 
+def speech_fft_size(rate: int) -> int:
+    """The phase vocoder's frame, about 64 ms (512 samples at 8 kHz, 1024 at 16 kHz): several pitch
+    periods of a low voice, and short enough not to smear one sound into the next."""
+    return 2 ** round(np.log2(0.064 * rate))
+
+
+def _pitch(wave, rate, semitones):
+    return librosa.effects.pitch_shift(wave, sr=rate, n_steps=semitones, n_fft=speech_fft_size(rate))
+
+
+def _tempo(wave, rate, factor):
+    return librosa.effects.time_stretch(wave, rate=factor, n_fft=speech_fft_size(rate))
+
+
 # condition -> (wave, rate, rng) -> wave; `write_condition` changes the rate or format of two of them
 CONDITIONS = {
     "clean": lambda wave, rate, rng: wave,
@@ -80,10 +98,10 @@ CONDITIONS = {
     "telephone": _telephone,
     "44.1 kHz stereo": lambda wave, rate, rng: wave,
     "ogg vorbis": lambda wave, rate, rng: wave,
-    "pitch -3": lambda wave, rate, rng: librosa.effects.pitch_shift(wave, sr=rate, n_steps=-3),
-    "pitch +3": lambda wave, rate, rng: librosa.effects.pitch_shift(wave, sr=rate, n_steps=3),
-    "tempo 0.8": lambda wave, rate, rng: librosa.effects.time_stretch(wave, rate=0.8),
-    "tempo 1.25": lambda wave, rate, rng: librosa.effects.time_stretch(wave, rate=1.25),
+    "pitch -3": lambda wave, rate, rng: _pitch(wave, rate, -3),
+    "pitch +3": lambda wave, rate, rng: _pitch(wave, rate, 3),
+    "tempo 0.8": lambda wave, rate, rng: _tempo(wave, rate, 0.8),
+    "tempo 1.25": lambda wave, rate, rng: _tempo(wave, rate, 1.25),
 }
 
 

@@ -197,3 +197,21 @@ def test_robustness_writes_each_condition_and_scores_it(checkpoint, tmp_path):
     stereo, stereo_rate = soundfile.read(tmp_path / "out" / "441_kHz_stereo" / f"{first}.wav")
     assert stereo_rate == 44100 and stereo.shape == (44100, 2)
     assert soundfile.info(tmp_path / "out" / "ogg_vorbis" / f"{first}.ogg").format == "OGG"
+
+
+def test_robustness_pitch_and_tempo_move_only_what_they_name():
+    """Pitch +3 semitones keeps the length and moves a tone by 2^(3/12); tempo 1.25 keeps the tone and
+    shortens the recording by 1.25; both on a speech-sized vocoder frame (64 ms), not 2048 samples."""
+    robustness = _module("robustness")
+    rate = 8000
+    assert robustness.speech_fft_size(8000) == 512 and robustness.speech_fft_size(16000) == 1024
+    wave = 0.3 * np.sin(2 * np.pi * 200.0 * np.arange(2 * rate) / rate)
+
+    def peak_hz(signal):
+        middle = signal[rate // 2 : rate // 2 + rate // 2]  # 0.5 s away from the edges: 2 Hz bins
+        return np.argmax(np.abs(np.fft.rfft(middle * np.hanning(len(middle))))) * rate / len(middle)
+
+    higher = robustness.CONDITIONS["pitch +3"](wave, rate, None)
+    assert len(higher) == len(wave) and abs(peak_hz(higher) - 200 * 2 ** (3 / 12)) < 4
+    faster = robustness.CONDITIONS["tempo 1.25"](wave, rate, None)
+    assert abs(len(faster) - len(wave) / 1.25) <= 1 and abs(peak_hz(faster) - 200) < 4
