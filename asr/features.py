@@ -276,7 +276,15 @@ class SpecAugment(nn.Module):
         step = (feat_lens - 1).float() / (new_lens - 1).clamp_min(1).float()
         positions = torch.arange(int(new_lens.max()), device=feats.device)[None, :] * step[:, None]
         positions = torch.minimum(positions, (feat_lens - 1)[:, None].float())
-        return _interpolate(feats, positions[..., None].expand(-1, -1, feats.shape[2]), dim=1), new_lens
+        # whole frames are copied (index_select on rows), far faster than gathering single values
+        lower = positions.floor().long()
+        upper = torch.minimum(lower + 1, (feat_lens - 1).clamp_min(0)[:, None])
+        rows = feats.reshape(-1, feats.shape[2])
+        first_row = (torch.arange(feats.shape[0], device=feats.device) * feats.shape[1])[:, None]
+        low, high = (
+            rows.index_select(0, (first_row + i).flatten()).view(*i.shape, -1) for i in (lower, upper)
+        )
+        return torch.lerp(low, high, (positions - lower).to(feats.dtype)[..., None]), new_lens
 
     def warp_frequency(self, feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """Output bin i reads the spectrum at f_i / alpha (f_i its centre; linear in the bin's mel
@@ -288,7 +296,14 @@ class SpecAugment(nn.Module):
         bent = knee / alpha + (centres - knee) * (self.top_hz - knee / alpha) / (self.top_hz - knee)
         source_hz = torch.where(centres <= knee, centres / alpha, bent)
         positions = ((hz_to_mel(source_hz) - self.mel_low) / mel_step - 1.0).clamp(0.0, bins - 1)
-        return _interpolate(feats, positions[:, None, :].expand_as(feats), dim=2)
+        # as a (B, F, F) matrix of two weights per output bin: one batched GEMM reads every frame
+        lower = positions.floor().long()
+        upper = (lower + 1).clamp_max(bins - 1)
+        weight = (positions - lower).to(feats.dtype)
+        matrix = feats.new_zeros(feats.shape[0], bins, bins)
+        matrix.scatter_add_(2, lower[..., None], (1.0 - weight)[..., None])
+        matrix.scatter_add_(2, upper[..., None], weight[..., None])
+        return torch.bmm(feats, matrix.transpose(1, 2))
 
     def _band_mask(self, size: int, max_width: torch.Tensor, num_masks: int, lengths: torch.Tensor):
         """(B,) limits -> (B, size) bool mask of `num_masks` random bands per row."""
@@ -318,12 +333,3 @@ class SpecAugment(nn.Module):
         time_mask = self._band_mask(frames, time_limit, config.num_time_masks, feat_lens)
         mask = freq_mask[:, None, :] | time_mask[:, :, None]  # (B, T, F)
         return feats.masked_fill(mask, 0.0)
-
-
-def _interpolate(feats: torch.Tensor, positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, T, F) frames read at fractional `positions` along `dim`, linearly between neighbours;
-    `positions` has the output's shape."""
-    lower = positions.floor().long()
-    upper = (lower + 1).clamp_max(feats.shape[dim] - 1)
-    low, high = feats.gather(dim, lower), feats.gather(dim, upper)
-    return low + (high - low) * (positions - lower).to(feats.dtype)
