@@ -219,10 +219,6 @@ def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
     return 2595.0 * torch.log10(1.0 + hz / 700.0)
 
 
-def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
-
-
 # VTLP's warp is linear up to this share of the top frequency (in the output's frequencies, times the
 # factor when it is below 1) and then bends so that the top maps to itself, as in Jaitly & Hinton 2013.
 FREQ_WARP_KNEE = 0.85
@@ -250,7 +246,13 @@ class SpecAugment(nn.Module):
         if features is not None:
             top = features.f_max if features.f_max is not None else features.sample_rate / 2
             self.mel_low, self.mel_high = (float(hz_to_mel(torch.tensor(hz))) for hz in (features.f_min, top))
-            self.top_hz, self.num_bins = top, features.num_mel_bins
+            self.mel_step = (self.mel_high - self.mel_low) / (features.num_mel_bins + 1)
+            self.top_hz = top
+            # the filterbank's centres, evenly spaced in mel between its two edges (torchaudio's layout);
+            # a buffer so that it follows the model to its device, not saved with the weights
+            centre_mels = self.mel_low + self.mel_step * torch.arange(1, features.num_mel_bins + 1)
+            centres_hz = 700.0 * (10.0 ** (centre_mels / 2595.0) - 1.0)  # the inverse of hz_to_mel
+            self.register_buffer("centres_hz", centres_hz, persistent=False)
 
     def warp(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, F) raw log-mel frames -> tempo-changed and frequency-warped frames, new lengths."""
@@ -289,13 +291,11 @@ class SpecAugment(nn.Module):
     def warp_frequency(self, feats: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """Output bin i reads the spectrum at f_i / alpha (f_i its centre; linear in the bin's mel
         position): alpha > 1 moves formants and harmonics up, as a shorter vocal tract does."""
-        bins, alpha = feats.shape[-1], alpha[:, None]
-        mel_step = (self.mel_high - self.mel_low) / (self.num_bins + 1)
-        centres = mel_to_hz(self.mel_low + mel_step * torch.arange(1, bins + 1, device=feats.device))[None, :]
+        bins, alpha, centres = feats.shape[-1], alpha[:, None], self.centres_hz[None, :]
         knee = FREQ_WARP_KNEE * self.top_hz * alpha.clamp_max(1.0)
         bent = knee / alpha + (centres - knee) * (self.top_hz - knee / alpha) / (self.top_hz - knee)
         source_hz = torch.where(centres <= knee, centres / alpha, bent)
-        positions = ((hz_to_mel(source_hz) - self.mel_low) / mel_step - 1.0).clamp(0.0, bins - 1)
+        positions = ((hz_to_mel(source_hz) - self.mel_low) / self.mel_step - 1.0).clamp(0.0, bins - 1)
         # as a (B, F, F) matrix of two weights per output bin: one batched GEMM reads every frame
         lower = positions.floor().long()
         upper = (lower + 1).clamp_max(bins - 1)
