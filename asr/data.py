@@ -33,6 +33,7 @@ class Batch:
     targets: torch.Tensor  # (B, U) token ids without sos/eos, zero-padded
     target_lens: torch.Tensor  # (B,)
     num_skipped: int = 0  # cuts of this batch that could not be loaded
+    speakers: torch.Tensor | None = None  # (B,) speaker ids (-100: unknown), for the speaker adversary
 
     def to(self, device: torch.device | str) -> "Batch":
         non_blocking = torch.device(device).type == "cuda"
@@ -45,14 +46,17 @@ class Batch:
             move(self.targets),
             move(self.target_lens),
             self.num_skipped,
+            None if self.speakers is None else move(self.speakers),
         )
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def collate(ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], num_skipped: int = 0) -> Batch:
-    """Pad a list of 1-D waveforms and token lists into a Batch."""
+def collate(
+    ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], num_skipped: int = 0, speakers=None
+) -> Batch:
+    """Pad a list of 1-D waveforms and token lists into a Batch (`speakers`: a list of ids, or None)."""
     wave_lens = torch.tensor([len(w) for w in waves], dtype=torch.long)
     padded = torch.zeros(len(waves), int(wave_lens.max()) if waves else 0)
     for row, wave in enumerate(waves):
@@ -63,7 +67,8 @@ def collate(ids, texts, waves: list[torch.Tensor], token_ids: list[list[int]], n
     )
     for row, tokens in enumerate(token_ids):
         targets[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    return Batch(list(ids), list(texts), padded, wave_lens, targets, target_lens, num_skipped)
+    speakers = None if speakers is None else torch.tensor(speakers, dtype=torch.long)
+    return Batch(list(ids), list(texts), padded, wave_lens, targets, target_lens, num_skipped, speakers)
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,12 @@ def augment_waveform(
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 
+def cut_speaker(cut) -> str | None:
+    """The one speaker of a cut's supervisions; None when they name none or several."""
+    speakers = {s.speaker for s in cut.supervisions}
+    return speakers.pop() if len(speakers) == 1 else None
+
+
 def cut_text(cut) -> str:
     """The normalised transcript of a cut: its supervisions' texts joined in time order."""
     supervisions = sorted(cut.supervisions, key=lambda s: s.start)
@@ -241,7 +252,8 @@ class SpeechDataset(torch.utils.data.Dataset):
     """Maps a CutSet (one batch, from a lhotse sampler) to a Batch.
 
     A cut whose audio cannot be loaded is skipped with a warning naming it and counted in
-    `Batch.num_skipped`, so one bad file never stops an epoch.
+    `Batch.num_skipped`, so one bad file never stops an epoch. With `speaker_ids` (name -> id) the
+    batch carries each cut's speaker id, -100 for a speaker not in it or a cut of several speakers.
     """
 
     def __init__(
@@ -251,12 +263,14 @@ class SpeechDataset(torch.utils.data.Dataset):
         augment: AugmentConfig | None = None,
         seed: int = 0,
         cache: AudioCache | None = None,
+        speaker_ids: dict[str, int] | None = None,
     ):
         self.tokenizer = tokenizer
         self.sample_rate = sample_rate
         self.augment = augment
         self.seed = seed
         self.cache = cache
+        self.speaker_ids = speaker_ids
 
     def load(self, cut) -> np.ndarray:
         rendered = self.cache.render(cut) if self.cache is not None else None
@@ -278,7 +292,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         return wave.astype(np.float32)
 
     def __getitem__(self, cuts: lhotse.CutSet) -> Batch:
-        ids, texts, waves, tokens, skipped = [], [], [], [], 0
+        ids, texts, waves, tokens, speakers, skipped = [], [], [], [], [], 0
         for cut in cuts:
             try:
                 wave = self.load(cut)
@@ -293,7 +307,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             texts.append(text)
             waves.append(torch.from_numpy(wave))
             tokens.append(self.tokenizer.encode(text))
-        return collate(ids, texts, waves, tokens, skipped)
+            if self.speaker_ids is not None:
+                speakers.append(self.speaker_ids.get(cut_speaker(cut), -100))
+        return collate(ids, texts, waves, tokens, skipped, speakers if self.speaker_ids is not None else None)
 
 
 def _source_of(cut) -> str:

@@ -127,7 +127,7 @@ def uses_bf16(bf16: bool, bf16_cpu: bool, device: torch.device) -> bool:
 def forward_backward(model, batch, grad_clip: float, autocast: bool):
     """Loss and gradients of one batch; returns (LossOutput, gradient norm before clipping)."""
     with torch.autocast(batch.waves.device.type, dtype=torch.bfloat16, enabled=autocast):
-        output = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens)
+        output = model(batch.waves, batch.wave_lens, batch.targets, batch.target_lens, batch.speakers)
     output.loss.backward()
     return output, torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
 
@@ -188,6 +188,7 @@ def train_one_epoch(run: Run, loader, options: TrainerOptions, progress: Progres
                         "train/loss": output.loss.detach(),
                         "train/attention_loss": output.attention_loss,
                         "train/ctc_loss": output.ctc_loss,
+                        "train/speaker_loss": output.speaker_loss,
                         "train/grad_norm": grad_norm,
                         "train/lr": lr,
                     },
@@ -337,7 +338,17 @@ def fit(
         torch.manual_seed(seed * 1_000_003 + process.rank)
     model.to(process.device)
     sample_rate = model.config.features.sample_rate
-    train_data = SpeechDataset(tokenizer, sample_rate, augment, seed=seed, cache=corpus.cache)
+    speaker_ids = None
+    if model.speaker_adversary is not None:  # the classifier's outputs are the corpus's speakers in order
+        speaker_ids = {name: index for index, name in enumerate(corpus.speakers())}
+        if len(speaker_ids) != model.config.speaker_adversary.num_speakers:
+            raise TrainingError(
+                f"the model's speaker classifier has {model.config.speaker_adversary.num_speakers} "
+                f"outputs but the training data has {len(speaker_ids)} speakers"
+            )
+    train_data = SpeechDataset(
+        tokenizer, sample_rate, augment, seed=seed, cache=corpus.cache, speaker_ids=speaker_ids
+    )
     dev_loader = make_loader(
         distributed.shard(corpus.dev_cuts(), process),
         SpeechDataset(tokenizer, sample_rate),

@@ -123,6 +123,25 @@ def test_single_clip_strings_are_drawn_at_their_probability(clips):
     assert min(len(cut.supervisions) for cut in off) == 2
 
 
+def test_mixed_speaker_strings_draw_digits_from_every_voice(clips):
+    """mixed_speaker_probability p: about a share p of the strings take their digits from any
+    speaker (ids end in "mixed"); the others keep one voice. At 0 the strings are the default's."""
+    train, _ = split_clips(clips)
+    config = StringConfig(min_digits=6, max_digits=10, mixed_speaker_probability=0.4)
+    strings = make_strings(train, 200, config, seed=6, prefix="s")
+    mixed = [cut for cut in strings if cut.id.endswith("_mixed")]
+    assert 55 <= len(mixed) <= 105  # 80 expected
+    # six or more digits from five voices: nearly every mixed string has two voices or more
+    assert sum(len({s.speaker for s in cut.supervisions}) > 1 for cut in mixed) >= len(mixed) - 2
+    for cut in strings:
+        if not cut.id.endswith("_mixed"):
+            assert {s.speaker for s in cut.supervisions} == {cut.id.rsplit("_", 1)[1]}
+    off = make_strings(train, 30, StringConfig(mixed_speaker_probability=0.0), seed=6, prefix="s")
+    default = make_strings(train, 30, StringConfig(), seed=6, prefix="s")
+    assert [c.id for c in off] == [c.id for c in default]
+    assert [c.duration for c in off] == [c.duration for c in default]
+
+
 def test_noise_augmentation_is_seeded_and_bounded():
     wave = np.sin(np.linspace(0, 100, 8000)).astype(np.float32) * 0.5
     config = AugmentConfig(noise_probability=1.0, min_snr_db=10, max_snr_db=10, min_gain_db=0, max_gain_db=0)

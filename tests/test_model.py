@@ -16,7 +16,7 @@ from asr.model.encoder import (
     reverse_padded,
     run_in_stages,
 )
-from asr.model.las import IGNORE_INDEX, ModelConfig, add_sos_eos
+from asr.model.las import IGNORE_INDEX, ModelConfig, SpeakerAdversary, SpeakerAdversaryConfig, add_sos_eos
 from tests.conftest import tiny_config
 
 
@@ -324,3 +324,50 @@ def test_tempo_and_frequency_warps_reach_the_loss_in_training_only():
     model.eval(), plain.eval()
     expected = plain(waves, lens, targets, target_lens).loss
     torch.testing.assert_close(model(waves, lens, targets, target_lens).loss, expected)
+
+
+def test_speaker_adversary_trains_its_classifier_and_reverses_the_encoders_gradient():
+    """The classifier gets the speaker cross-entropy's own gradient; the frames it reads get that
+    gradient times -weight. Padded frames and utterances of unknown speaker add nothing."""
+    torch.manual_seed(0)
+    config = SpeakerAdversaryConfig(weight=0.3, num_speakers=3, hidden_dim=8)
+    adversary = SpeakerAdversary(config, input_dim=6)
+    frames = torch.randn(3, 5, 6, requires_grad=True)
+    lengths, speakers = torch.tensor([5, 3, 4]), torch.tensor([2, 0, IGNORE_INDEX])
+    loss = adversary(frames, lengths, speakers)
+    loss.backward()
+    plain = frames.detach().clone().requires_grad_(True)
+    logits = adversary.classifier(plain)
+    labels = torch.tensor([[2] * 5, [0] * 3 + [IGNORE_INDEX] * 2, [IGNORE_INDEX] * 5])
+    expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(loss, expected)
+    expected.backward()
+    torch.testing.assert_close(frames.grad, -0.3 * plain.grad)
+    assert frames.grad[1, 3:].abs().sum() == 0 and frames.grad[2].abs().sum() == 0
+    classifier_grad = adversary.classifier[0].weight.grad
+    assert classifier_grad.abs().sum() > 0
+
+
+def test_speaker_adversary_is_off_in_evaluation_and_without_speakers():
+    """The same weights give the plain model's loss in evaluation, or when a batch has no speaker
+    ids; in training with them the loss adds the speaker term and the encoder gets its gradient."""
+    torch.manual_seed(0)
+    model = LAS(tiny_config(speaker_adversary=SpeakerAdversaryConfig(weight=0.5, num_speakers=2)))
+    plain = LAS(tiny_config())
+    plain.load_state_dict(model.state_dict(), strict=False)
+    waves, lens = torch.randn(2, 8000), torch.full((2,), 8000)
+    targets, target_lens = torch.randint(2, 11, (2, 6)), torch.full((2,), 6)
+    model.eval(), plain.eval()
+    speakers = torch.tensor([0, 1])
+    torch.testing.assert_close(
+        model(waves, lens, targets, target_lens, speakers).loss, plain(waves, lens, targets, target_lens).loss
+    )
+    model.train()
+    output = model(waves, lens, targets, target_lens, speakers)
+    assert output.speaker_loss > 0
+    recognition = 0.7 * output.attention_loss + 0.3 * output.ctc_loss  # tiny_config's CTC weight 0.3
+    torch.testing.assert_close(output.loss.detach(), recognition + output.speaker_loss)
+    output.loss.backward()
+    assert model.speaker_adversary.classifier[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="two speakers"):
+        LAS(tiny_config(speaker_adversary=SpeakerAdversaryConfig(weight=0.5, num_speakers=1)))

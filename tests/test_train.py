@@ -16,6 +16,7 @@ from asr.data import LoaderConfig, SpeechDataset
 from asr.decoding import DecodingOptions, decode
 from asr.features import FeatureConfig, FeatureStatistics
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
+from asr.model.las import SpeakerAdversaryConfig
 from asr.tokenizer import CharTokenizer
 from asr.train import OptimizerOptions, TrainerOptions, TrainingError, fit, warmup_cosine
 from tests.conftest import tiny_config
@@ -127,10 +128,10 @@ def small_corpus(fsdd_dir):
     return DigitStrings(clips, dev.to_eager(), strings_per_epoch=8, config=config, seed=0)
 
 
-def fit_small(corpus, exp_dir, **trainer):
+def fit_small(corpus, exp_dir, model_options=None, **trainer):
     tokenizer = CharTokenizer.build(DIGIT_WORDS)
     torch.manual_seed(0)
-    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size))
+    model = LAS(tiny_config(vocab_size=tokenizer.vocab_size, **(model_options or {})))
     options = dict(
         exp_dir=str(exp_dir), max_epochs=1, device="cpu", stats_batches=2, checkpoint_every_steps=1
     )
@@ -221,3 +222,32 @@ def test_bf16_cpu_trains_under_autocast(small_corpus, tmp_path, monkeypatch):
     fit_small(small_corpus, tmp_path, bf16_cpu=True)
     assert flags and all(flags)
     assert all_finite(saved(tmp_path))
+
+
+def test_the_speaker_adversary_learns_the_training_speakers(fsdd_dir, tmp_path, monkeypatch):
+    """With the adversary on, every training batch carries its strings' speaker ids in the corpus's
+    sorted order, the classifier trains, and its output count must match the corpus's speakers."""
+    train, test = split_clips(fsdd_clips(fsdd_dir))
+    chosen = ("george", "lucas")
+    clips = train.filter(lambda c: c.custom["speaker"] in chosen and c.custom["take"] < 12).to_eager()
+    config = StringConfig(min_digits=1, max_digits=2, max_pause=0.1, max_edge_silence=0.1)
+    dev = make_strings(test.subset(first=10).to_eager(), 2, config, seed=1, prefix="dev")
+    corpus = DigitStrings(clips, dev.to_eager(), strings_per_epoch=8, config=config, seed=0)
+    assert corpus.speakers() == ["george", "lucas"]
+    seen, real = [], asr.train.forward_backward
+
+    def forward_backward(model, batch, grad_clip, autocast):
+        names = [cut_id.rsplit("_", 1)[1] for cut_id in batch.ids]
+        seen.append((batch.speakers.tolist(), [chosen.index(name) for name in names]))
+        return real(model, batch, grad_clip, autocast)
+
+    monkeypatch.setattr(asr.train, "forward_backward", forward_backward)
+    adversary = SpeakerAdversaryConfig(weight=0.5, num_speakers=2, hidden_dim=8)
+    fit_small(corpus, tmp_path, model_options={"speaker_adversary": adversary})
+    assert seen and all(ids == expected for ids, expected in seen)
+    assert set(sum((ids for ids, _ in seen), [])) == {0, 1}
+    state = saved(tmp_path)["model"]
+    assert "speaker_adversary.classifier.0.weight" in state and all_finite(saved(tmp_path))
+    with pytest.raises(TrainingError, match="3 outputs but the training data has 2 speakers"):
+        three = SpeakerAdversaryConfig(weight=0.5, num_speakers=3, hidden_dim=8)
+        fit_small(corpus, tmp_path / "three", model_options={"speaker_adversary": three})

@@ -58,8 +58,12 @@ def resumed_tokenizer(config: DictConfig):
     return tokenizer_from_dict(load_checkpoint(last)["tokenizer"])
 
 
-def build_model(model_config: DictConfig, vocab_size: int) -> LAS:
+def build_model(model_config: DictConfig, vocab_size: int, speakers: list[str] = ()) -> LAS:
+    """The model the config describes; the speaker adversary (when on) has one output per speaker."""
     values = OmegaConf.to_container(model_config, resolve=True)
+    adversary = values.get("speaker_adversary")
+    if adversary and adversary.get("weight", 0) > 0:
+        values["speaker_adversary"] = {**adversary, "num_speakers": len(speakers)}
     return LAS(ModelConfig.from_dict({**values, "vocab_size": vocab_size}))
 
 
@@ -76,7 +80,7 @@ def run(config: DictConfig) -> dict:
             manifests = [str(v) for k, v in config.data.corpus.items() if k.endswith(("_cuts", "_clips"))]
             raise TrainingError(f"cannot read the training data ({', '.join(manifests)}): {error}") from error
         tokenizer = resumed_tokenizer(config) or build_tokenizer(corpus.texts(), **config.tokenizer)
-        model = build_model(config.model, tokenizer.vocab_size)
+        model = build_model(config.model, tokenizer.vocab_size, corpus.speakers())
         trainer = {k: v for k, v in config.trainer.items() if k != "num_threads"}
         optimizer = OmegaConf.to_container(config.optimizer)
         optimizer["betas"] = tuple(optimizer["betas"])

@@ -5,6 +5,7 @@ Each corpus object offers the same four things to the training loop:
     corpus.train_cuts(epoch) -> CutSet     # this epoch's training utterances
     corpus.dev_cuts() -> CutSet            # fixed validation utterances
     corpus.texts() -> list[str]            # training transcripts (to build the tokenizer)
+    corpus.speakers() -> list[str]         # the training speakers' names, sorted (speaker adversary)
     corpus.cache -> AudioCache | None      # decoded audio kept in memory, for small corpora
 """
 

@@ -44,6 +44,10 @@ class StringConfig:
     # chance that a string is a single recording, as FSDD ships them (otherwise min_digits to
     # max_digits are drawn uniformly)
     single_clip_probability: float = 0.0
+    # chance that a training string takes each digit from any speaker, not one: the model cannot
+    # lean on who is speaking (one voice per string, and each voice on its own equipment) to
+    # decide what is said
+    mixed_speaker_probability: float = 0.0
 
 
 def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
@@ -87,6 +91,23 @@ def make_string(clips: list, rng: random.Random, config: StringConfig, cut_id: s
     return join_clips([rng.choice(clips) for _ in range(count)], rng, config, cut_id)
 
 
+def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: int, prefix: str) -> CutSet:
+    """`num_strings` strings, speakers taken in turn (with `mixed_speaker_probability`, a string draws
+    from every speaker's clips); the same seed always gives the same strings."""
+    rng = random.Random(seed)
+    speakers = _by_speaker(clips)
+    names = list(speakers)
+    every_clip = [cut for name in names for cut in speakers[name]]
+    strings = []
+    for i in range(num_strings):
+        name = names[i % len(names)]
+        if _chance(rng, config.mixed_speaker_probability):
+            strings.append(make_string(every_clip, rng, config, f"{prefix}{i:05d}_mixed"))
+        else:
+            strings.append(make_string(speakers[name], rng, config, f"{prefix}{i:05d}_{name}"))
+    return CutSet.from_cuts(strings)
+
+
 def join_clips(chosen: list, rng: random.Random, config: StringConfig, cut_id: str):
     """The clips in order as one MixedCut: speed factors, pauses and edge silences drawn from `rng`."""
     if config.speed_per_digit:
@@ -113,17 +134,6 @@ def _edge_silence(rng: random.Random, config: StringConfig) -> float:
     if _chance(rng, config.bare_edge_probability):
         return 0.0
     return rng.uniform(0, config.max_edge_silence)
-
-
-def make_strings(clips: CutSet, num_strings: int, config: StringConfig, seed: int, prefix: str) -> CutSet:
-    """`num_strings` strings, speakers taken in turn; the same seed always gives the same strings."""
-    rng = random.Random(seed)
-    speakers = _by_speaker(clips)
-    names = list(speakers)
-    return CutSet.from_cuts(
-        make_string(speakers[names[i % len(names)]], rng, config, f"{prefix}{i:05d}_{names[i % len(names)]}")
-        for i in range(num_strings)
-    )
 
 
 def speaker_strings(clips: list, config: StringConfig, seed: int, prefix: str) -> CutSet:
@@ -283,6 +293,9 @@ class DigitStrings:
 
     def dev_cuts(self) -> CutSet:
         return self.dev
+
+    def speakers(self) -> list[str]:
+        return sorted({cut.custom["speaker"] for cut in self.clips})
 
     def texts(self) -> list[str]:
         return [s.text for c in self.clips for s in c.supervisions]

@@ -75,3 +75,6 @@ class ManifestCorpus:
 
     def texts(self) -> list[str]:
         return self._texts
+
+    def speakers(self) -> list[str]:
+        return sorted({s.speaker for cut in self._cuts for s in cut.supervisions if s.speaker})
