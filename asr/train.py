@@ -221,19 +221,22 @@ def _add_to_totals(totals: dict, output, num_utterances: int) -> None:
     totals["loss"] += float(output.loss.detach()) * tokens
     totals["attention"] += float(output.attention_loss) * tokens
     totals["ctc"] += float(output.ctc_loss) * tokens
+    # .get: a run resumed from a checkpoint written before the speaker adversary has no such sum
+    totals["speaker"] = totals.get("speaker", 0.0) + float(output.speaker_loss) * tokens
     totals["tokens"] += tokens
     totals["utterances"] += num_utterances
 
 
 def epoch_summary(totals: dict, process: Process) -> dict:
     """The epoch's averages over all ranks."""
-    keys = ("loss", "attention", "ctc", "tokens", "utterances", "skipped")
-    sums = dict(zip(keys, sum_over_ranks([float(totals[k]) for k in keys], process), strict=True))
+    keys = ("loss", "attention", "ctc", "speaker", "tokens", "utterances", "skipped")
+    sums = dict(zip(keys, sum_over_ranks([float(totals.get(k, 0.0)) for k in keys], process), strict=True))
     count = max(1.0, sums["tokens"])
     return dict(
         loss=sums["loss"] / count,
         attention_loss=sums["attention"] / count,
         ctc_loss=sums["ctc"] / count,
+        speaker_loss=sums["speaker"] / count,
         utterances=int(sums["utterances"]),
         skipped=int(sums["skipped"]),
         nonfinite=totals["nonfinite"],  # decided together, so the same on every rank
@@ -242,13 +245,15 @@ def epoch_summary(totals: dict, process: Process) -> dict:
 
 
 def report_epoch(epoch: int, train: dict, dev: dict, writer: SummaryWriter | None, step: int) -> None:
+    speaker = f", speaker {train['speaker_loss']:.3f}" if train["speaker_loss"] else ""
     log.info(
-        "epoch %d: train loss %.3f (att %.3f, ctc %.3f), %.0f utt/s, %d skipped, %d non-finite "
+        "epoch %d: train loss %.3f (att %.3f, ctc %.3f%s), %.0f utt/s, %d skipped, %d non-finite "
         "| dev loss %.3f, WER %.2f%% (%d utterances)",
         epoch,
         train["loss"],
         train["attention_loss"],
         train["ctc_loss"],
+        speaker,
         train["utterances_per_second"],
         train["skipped"],
         train["nonfinite"],

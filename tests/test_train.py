@@ -2,6 +2,7 @@
 full disks never cost the last good checkpoint."""
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,7 +225,7 @@ def test_bf16_cpu_trains_under_autocast(small_corpus, tmp_path, monkeypatch):
     assert all_finite(saved(tmp_path))
 
 
-def test_the_speaker_adversary_learns_the_training_speakers(fsdd_dir, tmp_path, monkeypatch):
+def test_the_speaker_adversary_learns_the_training_speakers(fsdd_dir, tmp_path, monkeypatch, caplog):
     """With the adversary on, every training batch carries its strings' speaker ids in the corpus's
     sorted order, the classifier trains, and its output count must match the corpus's speakers."""
     train, test = split_clips(fsdd_clips(fsdd_dir))
@@ -243,7 +244,9 @@ def test_the_speaker_adversary_learns_the_training_speakers(fsdd_dir, tmp_path, 
 
     monkeypatch.setattr(asr.train, "forward_backward", forward_backward)
     adversary = SpeakerAdversaryConfig(weight=0.5, num_speakers=2, hidden_dim=8)
+    caplog.set_level(logging.INFO, logger="asr")
     fit_small(corpus, tmp_path, model_options={"speaker_adversary": adversary})
+    assert re.search(r"epoch 0: train loss [\d.]+ \(att [\d.]+, ctc [\d.]+, speaker [\d.]+\)", caplog.text)
     assert seen and all(ids == expected for ids, expected in seen)
     assert set(sum((ids for ids, _ in seen), [])) == {0, 1}
     state = saved(tmp_path)["model"]
