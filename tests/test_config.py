@@ -65,3 +65,12 @@ def test_digits_experiment_settings():
     assert config.model.features.sample_rate == 8000
     assert config.model.encoder.num_pyramid_levels == 3 and config.model.encoder.ctc_level == 2
     assert config.data.corpus.type == "digit_strings"
+
+
+def test_the_speaker_adversary_gets_one_output_per_training_speaker():
+    """`model.speaker_adversary.weight` turns it on; asr-train sizes it from the corpus's speakers."""
+    config = compose_train(["experiment=digits", "model.speaker_adversary.weight=0.3"])
+    model = build_model(config.model, vocab_size=30, speakers=["george", "jackson", "lucas"])
+    assert model.config.speaker_adversary.num_speakers == 3
+    assert model.speaker_adversary.classifier[-1].out_features == 3
+    assert build_model(compose_train(["experiment=digits"]).model, vocab_size=30).speaker_adversary is None
