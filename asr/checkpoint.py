@@ -262,17 +262,8 @@ def set_random_states(states: dict) -> None:
 
 def new_epoch_totals() -> dict:
     """An epoch's running sums (loss x tokens, counts, seconds), for its summary line."""
-    return dict(
-        loss=0.0,
-        attention=0.0,
-        ctc=0.0,
-        speaker=0.0,
-        tokens=0,
-        utterances=0,
-        skipped=0,
-        nonfinite=0,
-        seconds=0.0,
-    )
+    sums = dict.fromkeys(("loss", "attention", "ctc", "speaker", "seconds"), 0.0)
+    return {**sums, **dict.fromkeys(("tokens", "utterances", "skipped", "nonfinite"), 0)}
 
 
 @dataclass
