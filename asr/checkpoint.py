@@ -307,6 +307,8 @@ def load_training_state(
         torch.set_rng_state(state["torch_rng"])
         return Progress(epoch=state["epoch"] + 1, step=state["step"], best=state["best"])
     progress = Progress(**state["progress"])
+    # sums that an older version did not keep (the speaker adversary's) start at zero
+    progress.totals = {**new_epoch_totals(), **progress.totals}
     if len(state["random"]) == world_size:
         set_random_states(state["random"][rank])
     else:  # another number of ranks shards the batches differently: the epoch starts over

@@ -221,8 +221,7 @@ def _add_to_totals(totals: dict, output, num_utterances: int) -> None:
     totals["loss"] += float(output.loss.detach()) * tokens
     totals["attention"] += float(output.attention_loss) * tokens
     totals["ctc"] += float(output.ctc_loss) * tokens
-    # .get: a run resumed from a checkpoint written before the speaker adversary has no such sum
-    totals["speaker"] = totals.get("speaker", 0.0) + float(output.speaker_loss) * tokens
+    totals["speaker"] += float(output.speaker_loss) * tokens
     totals["tokens"] += tokens
     totals["utterances"] += num_utterances
 
@@ -230,7 +229,7 @@ def _add_to_totals(totals: dict, output, num_utterances: int) -> None:
 def epoch_summary(totals: dict, process: Process) -> dict:
     """The epoch's averages over all ranks."""
     keys = ("loss", "attention", "ctc", "speaker", "tokens", "utterances", "skipped")
-    sums = dict(zip(keys, sum_over_ranks([float(totals.get(k, 0.0)) for k in keys], process), strict=True))
+    sums = dict(zip(keys, sum_over_ranks([float(totals[k]) for k in keys], process), strict=True))
     count = max(1.0, sums["tokens"])
     return dict(
         loss=sums["loss"] / count,
