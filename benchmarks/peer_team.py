@@ -41,10 +41,11 @@ from asr.model.encoder import BiLSTM  # noqa: E402
 from asr.optimizer import fused_where_possible  # noqa: E402
 
 
-def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0) -> LAS:
+def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0, full_rate_layers: int = 1) -> LAS:
     """Our LAS at the contract's sizes (contract.md section 2); the defaults are the contract's model.
 
-    input_feeding=False and pyramid_projection > 0 are the fast configuration's changes (other models).
+    input_feeding=False, pyramid_projection > 0 and full_rate_layers=0 are the fast configurations'
+    changes (other models).
     """
     torch.manual_seed(cfg["model_seed"])
     config = ModelConfig(
@@ -54,7 +55,7 @@ def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0)
         encoder=EncoderConfig(
             input_dim=cfg["feat_dim"],
             hidden_dim=cfg["enc_hidden"],
-            num_layers=1,
+            num_layers=full_rate_layers,
             num_pyramid_levels=cfg["enc_pyramid"],
             ctc_level=2,
             dropout=0.0,

@@ -37,9 +37,13 @@ def take_option(name: str, default: str | None) -> str | None:
     return value
 
 
-if __name__ == "__main__":
+def main(name: str = "team_fast", full_rate_layers: int = 1):
     projection = int(take_option("--projection", "0"))
     fp32 = take_option("--fp32", None) is not None
     if not fp32 and "--bf16" not in sys.argv and cpu_has_fast_bf16():
         sys.argv.append("--bf16")
-    peer_team.main("team_fast", input_feeding=False, pyramid_projection=projection)
+    peer_team.main(name, input_feeding=False, pyramid_projection=projection, full_rate_layers=full_rate_layers)
+
+
+if __name__ == "__main__":
+    main()
