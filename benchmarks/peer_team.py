@@ -41,7 +41,9 @@ from asr.model.encoder import BiLSTM  # noqa: E402
 from asr.optimizer import fused_where_possible  # noqa: E402
 
 
-def contract_model(cfg, input_feeding: bool = True, pyramid_projection: int = 0, full_rate_layers: int = 1) -> LAS:
+def contract_model(
+    cfg, input_feeding: bool = True, pyramid_projection: int = 0, full_rate_layers: int = 1
+) -> LAS:
     """Our LAS at the contract's sizes (contract.md section 2); the defaults are the contract's model.
 
     input_feeding=False, pyramid_projection > 0 and full_rate_layers=0 are the fast configurations'

@@ -42,7 +42,9 @@ def main(name: str = "team_fast", full_rate_layers: int = 1):
     fp32 = take_option("--fp32", None) is not None
     if not fp32 and "--bf16" not in sys.argv and cpu_has_fast_bf16():
         sys.argv.append("--bf16")
-    peer_team.main(name, input_feeding=False, pyramid_projection=projection, full_rate_layers=full_rate_layers)
+    peer_team.main(
+        name, input_feeding=False, pyramid_projection=projection, full_rate_layers=full_rate_layers
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ the same 37 frames of 512, from three BiLSTM layers instead of four (8.5 M param
 half the contract's FLOPs). The digits and Kathleen recipes' encoders have this shape, and the
 README gives the digits WER with and without the full-rate layer. Options as `peer_team_fast.py`:
 
-    python3 run_all.py --impl team_fast_pyramid=$PWD/.venv/bin/python:$PWD/benchmarks/peer_team_fast_pyramid.py
+    python3 run_all.py --impl \
+        team_fast_pyramid=$PWD/.venv/bin/python:$PWD/benchmarks/peer_team_fast_pyramid.py
 """
 
 import sys
