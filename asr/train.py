@@ -68,8 +68,8 @@ class TrainerOptions:
     max_epochs: int = 30
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     grad_clip: float = 5.0  # maximum global gradient norm
-    bf16: bool = True  # bf16 autocast on CUDA; CPU trains in fp32 unless bf16_cpu
-    bf16_cpu: bool = False  # bf16 autocast on CPU too: fast with AVX512-BF16 or AMX, slower without (warned)
+    bf16: bool = True  # bf16 autocast on CUDA
+    bf16_cpu: bool = False  # bf16 autocast on CPU: fast with AVX512-BF16 or AMX, slower without (warned)
     resume: bool = False  # continue from exp_dir/last.pt when it exists
     checkpoint_every_steps: int = 200  # also write last.pt every this many batches; 0: epoch ends only
     log_every: int = 50  # steps between console/TensorBoard loss lines
@@ -120,8 +120,12 @@ def fit_normalization(model, loader, device, num_batches: int) -> None:
 
 
 def uses_bf16(bf16: bool, bf16_cpu: bool, device: torch.device) -> bool:
-    """Whether training steps on `device` run under bf16 autocast (`trainer.bf16`, `trainer.bf16_cpu`)."""
-    return bf16 and (device.type == "cuda" or bf16_cpu)
+    """Whether training steps on `device` run under bf16 autocast: `trainer.bf16` on CUDA,
+    `trainer.bf16_cpu` on the CPU, each on its own (a recipe that keeps its GPU runs in fp32 can
+    still take bf16 on a CPU with native bf16)."""
+    if device.type == "cuda":
+        return bf16
+    return device.type == "cpu" and bf16_cpu
 
 
 def forward_backward(model, batch, grad_clip: float, autocast: bool):
@@ -373,7 +377,7 @@ def fit(
         steps_per_epoch,
         total_steps,
     )
-    if options.bf16 and options.bf16_cpu and process.device.type == "cpu" and not cpu_has_fast_bf16():
+    if options.bf16_cpu and process.device.type == "cpu" and not cpu_has_fast_bf16():
         log.warning(
             "trainer.bf16_cpu=true on a CPU without native bf16 (AVX512-BF16 or AMX): oneDNN emulates "
             "it, and training is slower than in fp32 (3x measured on an AVX2 machine)"

@@ -19,7 +19,7 @@ from asr.features import FeatureConfig, FeatureStatistics
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from asr.model.las import SpeakerAdversaryConfig
 from asr.tokenizer import CharTokenizer
-from asr.train import OptimizerOptions, TrainerOptions, TrainingError, fit, warmup_cosine
+from asr.train import OptimizerOptions, TrainerOptions, TrainingError, fit, uses_bf16, warmup_cosine
 from tests.conftest import tiny_config
 
 BIN = Path(sys.executable).parent
@@ -212,7 +212,9 @@ def test_a_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(small_corpu
 
 
 def test_bf16_cpu_trains_under_autocast(small_corpus, tmp_path, monkeypatch):
-    """trainer.bf16_cpu: the fast configuration of issue 7 autocasts on CPU too."""
+    """trainer.bf16_cpu: the fast configuration of issue 7 autocasts on CPU, whatever trainer.bf16
+    (CUDA's switch) says: the digits recipe sets bf16 false for its GPU runs, and bf16_cpu=true
+    used to do nothing there."""
     flags, real = [], asr.train.forward_backward
 
     def forward_backward(model, batch, grad_clip, autocast):
@@ -220,9 +222,17 @@ def test_bf16_cpu_trains_under_autocast(small_corpus, tmp_path, monkeypatch):
         return real(model, batch, grad_clip, autocast)
 
     monkeypatch.setattr(asr.train, "forward_backward", forward_backward)
-    fit_small(small_corpus, tmp_path, bf16_cpu=True)
+    fit_small(small_corpus, tmp_path, bf16_cpu=True, bf16=False)
     assert flags and all(flags)
     assert all_finite(saved(tmp_path))
+
+
+def test_each_device_has_its_own_bf16_switch():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert uses_bf16(bf16=True, bf16_cpu=False, device=cuda)
+    assert not uses_bf16(bf16=False, bf16_cpu=True, device=cuda)
+    assert uses_bf16(bf16=False, bf16_cpu=True, device=cpu)
+    assert not uses_bf16(bf16=True, bf16_cpu=False, device=cpu)
 
 
 def test_the_speaker_adversary_learns_the_training_speakers(fsdd_dir, tmp_path, monkeypatch, caplog):
