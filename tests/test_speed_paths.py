@@ -30,10 +30,17 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(attention="location", cell="lstm", num_layers=1, input_feeding=True, heads=1) -> LAS:
+def _model(
+    attention="location", cell="lstm", num_layers=1, input_feeding=True, heads=1, attentional_dim=0
+) -> LAS:
     torch.manual_seed(0)
     decoder = DecoderConfig(
-        cell=cell, embedding_dim=8, hidden_dim=16, num_layers=num_layers, input_feeding=input_feeding
+        cell=cell,
+        embedding_dim=8,
+        hidden_dim=16,
+        num_layers=num_layers,
+        input_feeding=input_feeding,
+        attentional_dim=attentional_dim,
     )
     no_masks = SpecAugmentConfig(num_freq_masks=0, num_time_masks=0)
     config = tiny_config(attention=attention, decoder=decoder, spec_augment=no_masks, ctc_weight=0.3)
@@ -93,6 +100,21 @@ def test_without_input_feeding_the_fused_rnn_gives_the_step_loops_loss_and_gradi
     attention, cell, num_layers
 ):
     _assert_paths_agree(_model(attention, cell, num_layers, input_feeding=False))
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_the_attentional_state_gives_the_step_loops_loss_and_gradients(input_feeding):
+    model = _model(input_feeding=input_feeding, attentional_dim=12)
+    assert model.decoder.output.in_features == 12
+    _assert_paths_agree(model)
+
+
+def test_the_attentional_state_is_tanh_of_state_and_context():
+    model = _model(input_feeding=False, attentional_dim=12).eval()
+    hidden, context = torch.randn(5, 16), torch.randn(5, model.encoder.output_dim)
+    expected = model.decoder.output(torch.tanh(model.decoder.attentional(torch.cat([hidden, context], -1))))
+    torch.testing.assert_close(model.decoder._logits(hidden, context), expected)
+    assert _model(input_feeding=False).decoder.attentional is None  # off: the checkpoint keys as before
 
 
 def test_without_input_feeding_the_first_cell_reads_only_the_embeddings():
@@ -237,11 +259,11 @@ def test_run_cells_is_a_loop_of_the_cells():
         torch.testing.assert_close(outputs[i], x)
 
 
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_search_without_input_feeding_matches_its_teacher_forcing(beam_size):
+@pytest.mark.parametrize(("beam_size", "attentional_dim"), [(1, 0), (3, 0), (3, 12)])
+def test_search_without_input_feeding_matches_its_teacher_forcing(beam_size, attentional_dim):
     """Greedy and beam search run the model without input feeding through `step`; each hypothesis's
     score is what the fused teacher-forced decoder gives its tokens."""
-    model = _model(input_feeding=False).eval()
+    model = _model(input_feeding=False, attentional_dim=attentional_dim).eval()
     with torch.no_grad():
         model.decoder.output.bias[11] = -5.0  # untrained: keep eos from ending every hypothesis at once
     feats, feat_lens, _, _ = _batch()

@@ -2,7 +2,7 @@
 
     s_i = RNN([embed(y_{i-1}), c_{i-1}], s_{i-1})     input feeding: the last context goes in
     c_i, a_i = Attend(s_i, h, a_{i-1})
-    logits_i = W_o [s_i, c_i]
+    logits_i = W_o [s_i, c_i]                          or W_o tanh(W_c [s_i, c_i]) (`attentional_dim`)
 
 `forward` is teacher forcing over a whole batch of targets; `step` decodes one token with an
 explicit state, so greedy and beam search reuse exactly the same computation.
@@ -45,6 +45,9 @@ class DecoderConfig:
     num_layers: int = 1
     dropout: float = 0.0  # on the embeddings, between layers and before the output layer
     input_feeding: bool = True  # feed the last context into the RNN; false: attention on top only (faster)
+    # > 0: the logits read Luong's attentional state tanh(W_c [s_i, c_i]) of this width, which mixes
+    # state and context non-linearly (without input feeding nothing else does); 0: W_o [s_i, c_i]
+    attentional_dim: int = 0
 
 
 class DecoderState(NamedTuple):
@@ -77,7 +80,12 @@ class AttentionDecoder(nn.Module):
         self.cells = nn.ModuleList(cell_class(dim, config.hidden_dim) for dim in input_dims)
         self.attention = attention
         self.dropout = nn.Dropout(config.dropout)
-        self.output = nn.Linear(config.hidden_dim + memory_dim, vocab_size)
+        if config.attentional_dim < 0:
+            raise ValueError(f"attentional_dim must be 0 (none) or more, got {config.attentional_dim}")
+        state_dim = config.hidden_dim + memory_dim
+        # None without it, so checkpoints of models without it keep their keys
+        self.attentional = nn.Linear(state_dim, config.attentional_dim) if config.attentional_dim else None
+        self.output = nn.Linear(config.attentional_dim or state_dim, vocab_size)
 
     def initial_state(self, memory: torch.Tensor, memory_lens: torch.Tensor) -> DecoderState:
         """Zero recurrent state and context; the previous alignment is uniform over valid frames."""
@@ -111,8 +119,14 @@ class AttentionDecoder(nn.Module):
             context, weights = self.attention(h, keys, memory, mask, state.weights)
         else:
             context, weights = self.attention.forward_in_spans(h, keys, memory, mask, state.weights, spans)
-        logits = self.output(self.dropout(torch.cat([h, context], dim=-1)))
-        return logits, DecoderState(tuple(hidden), tuple(cell), context, weights)
+        return self._logits(h, context), DecoderState(tuple(hidden), tuple(cell), context, weights)
+
+    def _logits(self, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(..., H) decoder states and (..., E) contexts -> (..., V) logits."""
+        x = self.dropout(torch.cat([hidden, context], dim=-1))
+        if self.attentional is not None:
+            x = self.dropout(torch.tanh(self.attentional(x)))
+        return self.output(x)
 
     def step(self, tokens, state, keys, memory, mask, spans=None) -> tuple[torch.Tensor, DecoderState]:
         """
@@ -184,8 +198,7 @@ class AttentionDecoder(nn.Module):
             hidden = run_cells(self.cells, embedded, states, self.config.dropout, self.training)
             contexts, weights = self._attention_loop(hidden, state.weights, keys, memory, mask)
         # the output layer for all steps in one GEMM: (U, B, H + E) -> (B, U, V)
-        logits = self.output(self.dropout(torch.cat([hidden, contexts], dim=-1)))
-        return logits.transpose(0, 1), weights.transpose(0, 1)
+        return self._logits(hidden, contexts).transpose(0, 1), weights.transpose(0, 1)
 
     def forward_by_steps(self, tokens_in: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor):
         """Teacher forcing as a plain loop of `step`: the reference that `forward` equals (see tests)."""
