@@ -37,13 +37,13 @@ def take_option(name: str, default: str | None) -> str | None:
     return value
 
 
-def main(name: str = "team_fast", full_rate_layers: int = 1):
+def main(name: str = "team_fast", full_rate_layers: int = 1, input_feeding: bool = False):
     projection = int(take_option("--projection", "0"))
     fp32 = take_option("--fp32", None) is not None
     if not fp32 and "--bf16" not in sys.argv and cpu_has_fast_bf16():
         sys.argv.append("--bf16")
     peer_team.main(
-        name, input_feeding=False, pyramid_projection=projection, full_rate_layers=full_rate_layers
+        name, input_feeding=input_feeding, pyramid_projection=projection, full_rate_layers=full_rate_layers
     )
 
 
