@@ -179,8 +179,9 @@ class LoopLinear:
         """x : (B, in), the input of step `step` (steps must come in order) -> (B, out)."""
         if self.inputs is not None:
             record_step(self.inputs, step, x, "LoopLinear")
-        if self.onednn_dtype == torch.bfloat16:  # under autocast, as autocast would cast x for addmm
-            return _OneDNNStepLinear.apply(self.offsets[step], x.to(torch.bfloat16), self.weight, self.weight_t)
+        if self.onednn_dtype == torch.bfloat16:  # under autocast, x cast as autocast would for addmm
+            x = x.to(torch.bfloat16)
+            return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
         if self.onednn_dtype == torch.float32 and x.dtype == torch.float32:
             return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
         return torch.addmm(self.offsets[step], x, self.weight_t)
