@@ -82,28 +82,8 @@ def onednn_gemm_available(weight: torch.Tensor) -> bool:
     )
 
 
-def onednn_bf16_autocast(weight: torch.Tensor) -> bool:
-    """Whether a loop's per-step products run as oneDNN bf16 GEMMs with packed weights: under CPU
-    bf16 autocast, on a CPU with native bf16 (AVX512-BF16 or AMX).
-
-    Autocast sends a bf16 `addmm` to a plain-layout GEMM: a (16 x 1024) x (1024 x 2048) product
-    took 355 us, against 231 us for oneDNN's with the weight reordered once (one thread, 2-vCPU
-    Intel Xeon with AMX, 2026-12-07); dL/dx with W^T 346 against 234.
-    """
-    return (
-        USE_ONEDNN_GEMM
-        and weight.device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and cpu_has_fast_bf16()
-    )
-
-
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (B, in) W^T through oneDNN's GEMM; weight (out, in), both contiguous on the CPU, float32 (or
-    both bfloat16)."""
+    """x (B, in) W^T through oneDNN's GEMM; weight (out, in), both contiguous float32 on the CPU."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
@@ -148,18 +128,11 @@ class LoopLinear:
     """
 
     def __init__(self, weight: torch.Tensor, offsets: torch.Tensor):
-        loop_weight = weight.detach()
-        # fp32 on oneDNN, or under CPU bf16 autocast bf16 on oneDNN; else torch.addmm
-        self.onednn_dtype = None
-        if onednn_gemm_available(weight):
-            self.onednn_dtype = torch.float32
-        elif onednn_bf16_autocast(weight):
-            self.onednn_dtype = torch.bfloat16
-            loop_weight = loop_weight.to(torch.bfloat16)  # cast contiguous, then transpose
-        self.weight_t = loop_weight.t()
-        if self.onednn_dtype is not None:
+        self.weight_t = weight.detach().t()
+        self.onednn = onednn_gemm_available(weight)
+        if self.onednn:
             batch = offsets.shape[1]
-            self.weight = pack_for_onednn(loop_weight, batch)
+            self.weight = pack_for_onednn(weight, batch)
             self.weight_t = pack_for_onednn(self.weight_t, batch)
         device = weight.device.type
         if torch.is_autocast_enabled(device):  # cast once, not at every step (autocast caches only leaves)
@@ -179,10 +152,7 @@ class LoopLinear:
         """x : (B, in), the input of step `step` (steps must come in order) -> (B, out)."""
         if self.inputs is not None:
             record_step(self.inputs, step, x, "LoopLinear")
-        if self.onednn_dtype == torch.bfloat16:  # under autocast, x cast as autocast would for addmm
-            x = x.to(torch.bfloat16)
-            return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
-        if self.onednn_dtype == torch.float32 and x.dtype == torch.float32:
+        if self.onednn and x.dtype == torch.float32:
             return _OneDNNStepLinear.apply(self.offsets[step], x, self.weight, self.weight_t)
         return torch.addmm(self.offsets[step], x, self.weight_t)
 
@@ -222,7 +192,9 @@ class LoopContexts:
     def __init__(self, memory: torch.Tensor, steps: int):
         self.memory = memory.detach()
         device = memory.device.type
-        if torch.is_autocast_enabled(device):  # autocast would cast memory at every step's product
+        if torch.is_autocast_enabled(device):
+            # autocast would cast memory at every step's product: the contract's decoder forward and
+            # backward under CPU bf16 autocast took 151 against 170 ms (2 threads, 2026-12-07)
             self.memory = self.memory.to(torch.get_autocast_dtype(device))
         self.weights: list[torch.Tensor] | None = None
         offsets = None
