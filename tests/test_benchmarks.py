@@ -215,3 +215,33 @@ def test_robustness_pitch_and_tempo_move_only_what_they_name():
     assert len(higher) == len(wave) and abs(peak_hz(higher) - 200 * 2 ** (3 / 12)) < 4
     faster = robustness.CONDITIONS["tempo 1.25"](wave, rate, None)
     assert abs(len(faster) - len(wave) / 1.25) <= 1 and abs(peak_hz(faster) - 200) < 4
+
+
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+
+
+def _contract_row(script: str) -> dict:
+    """One training step of benchmarks/<script>.py through the shared harness -> its RESULT dict."""
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py"), "--bench-dir", str(SHARED_BENCH)]
+    command += ["--warmup", "1", "--iters", "1", "--no-decode", "--wait-idle", "0", "--threads", "1"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
+
+
+@pytest.mark.skipif(
+    not (SHARED_BENCH / "common.py").exists(), reason="needs the shared LAS benchmark contract"
+)
+def test_the_bf16_rows_keep_input_feeding_and_differ_only_in_precision_and_encoder():
+    """peer_team_bf16.py is the contract's model (same parameters) under bf16 where the CPU has it;
+    peer_team_bf16_pyramid.py drops the full-rate BiLSTM (fewer parameters, about half the FLOPs)."""
+    exact, bf16, pyramid = (
+        _contract_row(s) for s in ("peer_team", "peer_team_bf16", "peer_team_bf16_pyramid")
+    )
+    assert (exact["peer"], bf16["peer"], pyramid["peer"]) == ("team", "team_bf16", "team_bf16_pyramid")
+    assert bf16["params"] == exact["params"] > pyramid["params"]
+    assert pyramid["model_train_gflop"] < 0.6 * bf16["model_train_gflop"]
+    fast_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert (bf16.get("autocast") == "bf16") == (pyramid.get("autocast") == "bf16") == fast_bf16
+    assert exact.get("autocast") != "bf16"
+    for row in (exact, bf16, pyramid):
+        assert row["train_step_s"] > 0 and row["peak_rss_train_mib"] > 0
