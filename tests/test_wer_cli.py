@@ -86,6 +86,7 @@ def test_details_are_worst_first_with_ids_and_counts(files, capsys):
         (b"u1 a\nu1 b\n", "duplicate utterance id 'u1'"),
         (b"u1 caf\xe9\n", "not valid UTF-8"),
         (b"\n\n", "no utterances"),
+        (b"u1\nu2 .\nu3\n", "utterances hold no words"),  # ids alone: no WER to compute
     ],
 )
 def test_bad_reference_file_gives_one_line_error(files, capsys, content, message):

@@ -67,6 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     hypothesis_texts = [hypotheses.get(utterance_id, "") for utterance_id in utterance_ids]
     per_utterance = utterance_word_errors(reference_texts, hypothesis_texts)
     word_counts = sum(per_utterance, ErrorCounts())
+    if word_counts.num_reference == 0:
+        # a WER over no words is undefined; the usual cause is a file of plain lines without ids
+        print(
+            f"asr-wer: error: {args.ref}: the transcripts of its {len(utterance_ids)} utterances hold no "
+            "words (a line is 'utt_id<TAB>text': its first word is the id), so there is no WER",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(kaldi_summary(word_counts, "WER"))
         print(kaldi_summary(char_errors(reference_texts, hypothesis_texts), "CER"))
