@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -333,6 +334,49 @@ def test_ctc_frames_exceed_labels_on_the_digits_data(tmp_path, fsdd_dir, clips, 
     )
     assert sum(not ctc_feasible(cut, tokenizer, levels=2) for cut in tight) <= 3
     assert sum(not ctc_feasible(cut, tokenizer, levels=3) for cut in tight) >= 60
+
+
+SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "synthetic" / "recordings"
+
+
+def test_the_vendored_synthetic_voices_are_training_clips_of_every_digit():
+    clips = list(fsdd_clips(SYNTHETIC_DIR))
+    assert len(clips) == 900 and {c.custom["speaker"] for c in clips} == {"synth"}
+    assert all(c.custom["take"] >= 5 for c in clips)  # FSDD's training split: never dev or test
+    words = [c.supervisions[0].text for c in clips]
+    assert all(words.count(word) == 90 for word in DIGIT_WORDS)
+    assert all(c.recording.sampling_rate == 8000 and 0.1 < c.duration < 1.5 for c in clips)
+
+
+def test_synthetic_voices_join_the_rotation_of_training_voices(tmp_path, fsdd_dir):
+    """`asr-prepare digits` lists the synthetic clips apart; training strings take them as one more
+    voice, leaving a speaker out still leaves it out, and dev strings stay FSDD's."""
+    paths = prepare_digits(fsdd_dir, tmp_path, num_dev=4, num_test=0, num_long=0, synthetic_dir=SYNTHETIC_DIR)
+    corpus = DigitStrings.from_options(
+        str(paths["train_clips"]),
+        str(paths["dev"]),
+        strings_per_epoch=60,
+        exclude_speakers=["lucas"],
+        extra_train_clips=str(paths["synthetic_train_clips"]),
+    )
+    assert corpus.speakers() == ["george", "jackson", "nicolas", "synth", "yweweler"]
+    voices = [cut.id.rsplit("_", 1)[-1] for cut in corpus.train_cuts(0)]
+    assert voices.count("synth") == 12 and "lucas" not in voices  # one string in five
+    assert all("synth" not in cut.id for cut in corpus.dev_cuts())
+    alone = DigitStrings.from_options(str(paths["train_clips"]), str(paths["dev"]), strings_per_epoch=10)
+    assert "synth" not in alone.speakers()
+    with pytest.raises(FileNotFoundError, match="extra_train_clips=null"):
+        DigitStrings.from_options(
+            str(paths["train_clips"]),
+            str(paths["dev"]),
+            10,
+            extra_train_clips=str(tmp_path / "none.jsonl.gz"),
+        )
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    shutil.copy(fsdd_dir / "recordings" / "0_george_7.flac", clash / "0_george_70.flac")
+    with pytest.raises(ValueError, match="george are also FSDD's"):
+        prepare_digits(fsdd_dir, tmp_path / "other", num_dev=0, num_test=0, num_long=0, synthetic_dir=clash)
 
 
 def test_digit_strings_corpus_and_loader(tmp_path, fsdd_dir, tokenizer):

@@ -118,6 +118,7 @@ def test_asr_train_under_torchrun_with_two_gloo_ranks(tmp_path):
             f"data.dir={tmp_path / 'data'}",
             f"exp_dir={tmp_path / 'exp'}",
             "data.corpus.strings_per_epoch=12",
+            "data.corpus.extra_train_clips=null",  # prepared without the synthetic voices
             "trainer.max_epochs=1",
             "trainer.num_threads=1",
         ],
@@ -160,6 +161,7 @@ def test_asr_train_on_cuda_without_a_gpu_fails_in_one_line(tmp_path):
             f"data.dir={tmp_path / 'data'}",
             f"exp_dir={tmp_path / 'exp'}",
             "trainer.device=cuda",
+            "data.corpus.extra_train_clips=null",  # prepared without the synthetic voices
         ],
         capture_output=True,
         text=True,

@@ -35,6 +35,7 @@ def train_command(data: Path, exp_dir: Path, *overrides: str) -> list[str]:
         f"data.dir={data}",
         f"exp_dir={exp_dir}",
         "data.corpus.strings_per_epoch=24",
+        "data.corpus.extra_train_clips=null",  # prepared without the synthetic voices
         "data.loader.max_duration=8",
         f"trainer.max_epochs={MAX_EPOCHS}",
         "trainer.checkpoint_every_steps=1",

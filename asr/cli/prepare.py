@@ -1,6 +1,6 @@
 """`asr-prepare CORPUS`: write the lhotse manifests a recipe trains and scores on.
 
-asr-prepare digits --out exp/digits/data [--fsdd-dir DIR] [--held-out SPEAKER]
+asr-prepare digits --out exp/digits/data [--fsdd-dir DIR] [--held-out SPEAKER] [--synthetic-dir DIR|none]
 asr-prepare kathleen --out exp/kathleen/data [--kathleen-dir DIR]   (downloads without a folder)
 asr-prepare librispeech --out exp/librispeech/data [--librispeech-dir DIR] [--subset train-clean-100]
 """
@@ -17,6 +17,8 @@ from asr.corpora.librispeech import SUBSETS, prepare_librispeech
 
 # The repository's vendored copy; FSDD_DIR or --fsdd-dir points at an upstream checkout instead.
 VENDORED_FSDD = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "fsdd"
+# Synthetic voices the digits recipe also trains on (recipes/digits/synthetic/README.md)
+VENDORED_SYNTHETIC = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "synthetic" / "recordings"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write held_out_SPEAKER/: strings of all that speaker's recordings, each once "
         "(cuts.jsonl.gz, transcripts.txt), and the recordings one by one (clips.jsonl.gz, clips.txt), "
         "to score a model trained with data.corpus.exclude_speakers=[SPEAKER] (repeatable)",
+    )
+    digits.add_argument(
+        "--synthetic-dir",
+        default=str(VENDORED_SYNTHETIC),
+        help="clips of other voices named like FSDD's (the vendored eSpeak NG voices), listed in "
+        "synthetic_train_clips.jsonl.gz for training; 'none' lists none",
     )
     digits.add_argument("--seed", type=int, default=20261125)
     kathleen = corpora.add_parser(
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.num_long,
                 args.seed,
                 tuple(args.held_out),
+                None if args.synthetic_dir.lower() == "none" else args.synthetic_dir,
             )
         elif args.corpus == "kathleen":
             paths = prepare_kathleen(args.kathleen_dir, args.out)

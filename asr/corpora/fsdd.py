@@ -189,6 +189,7 @@ def prepare_digits(
     num_long: int = 50,
     seed: int = 20261125,
     held_out: tuple[str, ...] = (),
+    synthetic_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write the clip manifests and the fixed dev, test and long-test strings of the digits recipe.
 
@@ -200,7 +201,9 @@ def prepare_digits(
     that use all of that speaker's recordings once (`speaker_strings`), to score a model trained
     without the speaker, and `clips.jsonl.gz` with `clips.txt` the same recordings one by one.
     `fsdd_test_clips.txt` holds the words of the 250 test-split clips: FSDD's clips are cut close
-    to the speech, which strings with pauses around every digit do not test.
+    to the speech, which strings with pauses around every digit do not test. With `synthetic_dir`
+    (clips named like FSDD's, of voices that are not FSDD's: recipes/digits/synthetic),
+    `synthetic_train_clips.jsonl.gz` lists them all, for training only.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +221,16 @@ def prepare_digits(
     normal = StringConfig(min_pause=0.05, max_pause=0.4, max_edge_silence=0.3)
     long = StringConfig(min_digits=20, max_digits=40, min_pause=0.05, max_pause=0.25, max_edge_silence=0.3)
     paths = {"train_clips": out_dir / "fsdd_train_clips.jsonl.gz"}
+    if synthetic_dir is not None:
+        synthetic = fsdd_clips(synthetic_dir)
+        shared = sorted({c.custom["speaker"] for c in synthetic} & set(speakers))
+        if shared:
+            raise ValueError(
+                f"{synthetic_dir}: speaker names {', '.join(shared)} are also FSDD's in {fsdd_dir}"
+            )
+        paths["synthetic_train_clips"] = out_dir / "synthetic_train_clips.jsonl.gz"
+        synthetic.to_file(paths["synthetic_train_clips"])
+        log.info("listed %d synthetic clips of %s for training", len(synthetic), synthetic_dir)
     sets = (
         ("dev", (0, 1), num_dev, normal, 1),
         ("test", (2, 3, 4), num_test, normal, 2),
@@ -272,13 +285,28 @@ class DigitStrings:
         strings_per_epoch: int,
         seed: int = 0,
         exclude_speakers=(),
+        extra_train_clips: str | None = None,
         **string_options,
     ):
-        """`exclude_speakers` leaves voices out of training (leave-one-speaker-out experiments)."""
+        """`exclude_speakers` leaves voices out of training (leave-one-speaker-out experiments).
+
+        `extra_train_clips`: a second clip manifest for training, such as the synthetic voices
+        `asr-prepare digits` lists; each of its speakers joins the rotation of voices that training
+        strings are made from (`make_strings`). None: FSDD's clips alone.
+        """
         if "speed_factors" in string_options:
             string_options["speed_factors"] = tuple(string_options["speed_factors"])
         excluded = set(exclude_speakers or ())
-        clips = load_cuts(train_clips).filter(lambda c: c.custom["speaker"] not in excluded).to_eager()
+        clips = load_cuts(train_clips)
+        if extra_train_clips is not None:
+            if not Path(extra_train_clips).is_file():
+                raise FileNotFoundError(
+                    f"{extra_train_clips}: no such manifest; `asr-prepare digits` writes the synthetic "
+                    "voices' one (run it again), or set data.corpus.extra_train_clips=null to train on "
+                    "FSDD alone"
+                )
+            clips = CutSet.from_cuts(list(clips) + list(load_cuts(extra_train_clips)))
+        clips = clips.filter(lambda c: c.custom["speaker"] not in excluded).to_eager()
         dev = load_cuts(dev_cuts).filter(lambda c: c.id.rsplit("_", 1)[-1] not in excluded).to_eager()
         return cls(clips, dev, strings_per_epoch, StringConfig(**string_options), seed)
 
