@@ -3,7 +3,7 @@
     pip install espeakng-loader        # eSpeak NG's library and voice data as a wheel (GPL-3.0-or-later)
     python recipes/digits/synthetic/make_voices.py --out recipes/digits/synthetic/recordings
 
-FSDD has five speakers, and a model trained on four of them misheard a fifth voice's words three
+FSDD has five speakers, and a model trained on four of them misheard a fifth voice's words four
 to five times as often as those of the voices it trained on (recipes/digits/README.md, "Synthetic
 voices"). eSpeak NG is a formant synthesiser: it sounds robotic, but each of its accents and
 variants (male, female, old, young, breathy, Klatt-style) puts the formants, pitch and speaking
