@@ -1,11 +1,11 @@
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.signal import find_peaks
 
+from asr.cli.prepare import VENDORED_SYNTHETIC
 from asr.corpora.fsdd import (
     DIGIT_WORDS,
     DigitStrings,
@@ -336,7 +336,7 @@ def test_ctc_frames_exceed_labels_on_the_digits_data(tmp_path, fsdd_dir, clips, 
     assert sum(not ctc_feasible(cut, tokenizer, levels=3) for cut in tight) >= 60
 
 
-SYNTHETIC_DIR = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "synthetic" / "recordings"
+SYNTHETIC_DIR = VENDORED_SYNTHETIC  # what `asr-prepare digits` lists by default
 
 
 def test_the_vendored_synthetic_voices_are_training_clips_of_every_digit():

@@ -18,7 +18,7 @@ from asr.corpora.librispeech import SUBSETS, prepare_librispeech
 # The repository's vendored copy; FSDD_DIR or --fsdd-dir points at an upstream checkout instead.
 VENDORED_FSDD = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "fsdd"
 # Synthetic voices the digits recipe also trains on (recipes/digits/synthetic/README.md)
-VENDORED_SYNTHETIC = Path(__file__).resolve().parents[2] / "recipes" / "digits" / "synthetic" / "recordings"
+VENDORED_SYNTHETIC = VENDORED_FSDD.parent / "synthetic" / "recordings"
 
 
 def build_parser() -> argparse.ArgumentParser:

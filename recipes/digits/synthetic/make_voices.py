@@ -1,7 +1,7 @@
 """Synthetic voices for the digits recipe: the ten digit words spoken by eSpeak NG in many voices.
 
-    pip install espeakng-loader        # eSpeak NG's library and voice data as a wheel (GPL-3.0-or-later)
-    python recipes/digits/synthetic/make_voices.py --out recipes/digits/synthetic/recordings
+    .venv/bin/pip install espeakng-loader   # eSpeak NG's library and voice data (GPL-3.0-or-later)
+    .venv/bin/python recipes/digits/synthetic/make_voices.py --out recipes/digits/synthetic/recordings
 
 FSDD has five speakers, and a model trained on four of them misheard a fifth voice's words four
 to five times as often as those of the voices it trained on (recipes/digits/README.md, "Synthetic
@@ -15,8 +15,9 @@ scales), drawn from a seeded generator; then resampled to FSDD's 8 kHz (soxr), c
 plus 5 ms at each end (as FSDD's clips are cut close to it), and scaled to a peak of 0.3-0.9.
 Files are named like FSDD's, `{digit}_synth_{take}.flac`, with takes 5 and up: FSDD's training
 split, so `asr-prepare digits` never puts them in a dev or test set. The same arguments draw the
-same voices and settings, but eSpeak NG adds random noise to its breathy voices, so about one file in
-ten differs from run to run in that noise; `recordings/` holds the run the recipe was measured with.
+same voices and settings, and every file has the same length, but eSpeak NG adds random noise to
+its breathy voices: 93 to 365 of the 900 files differed in it between the runs compared (2026-12-07).
+`recordings/` holds the run the recipe was measured with.
 """
 
 import argparse
@@ -30,7 +31,8 @@ import librosa
 import numpy as np
 import soundfile
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from asr.corpora.fsdd import DIGIT_WORDS, TEST_INDICES
+
 ACCENTS = (
     "en-us",
     "en",
@@ -43,73 +45,18 @@ ACCENTS = (
 )
 # eSpeak NG's voice variants (espeak-ng-data/voices/!v) less those that are not meant to sound human
 # (robots, whisper, "Demonic", "Tweaky")
-VARIANTS = [
-    "Alex",
-    "Alicia",
-    "Andrea",
-    "Andy",
-    "Annie",
-    "Denis",
-    "Gene",
-    "Henrique",
-    "Hugo",
-    "Jacky",
-    "Lee",
-    "Michael",
-    "Mike",
-    "Reed",
-    "Storm",
-    "adam",
-    "anika",
-    "aunty",
-    "belinda",
-    "benjamin",
-    "boris",
-    "caleb",
-    "david",
-    "ed",
-    "edward",
-    "f1",
-    "f2",
-    "f3",
-    "f4",
-    "f5",
-    "gustave",
-    "ian",
-    "iven",
-    "john",
-    "klatt",
-    "klatt2",
-    "klatt3",
-    "klatt4",
-    "linda",
-    "m1",
-    "m2",
-    "m3",
-    "m4",
-    "m5",
-    "m6",
-    "m7",
-    "m8",
-    "max",
-    "michel",
-    "norbert",
-    "paul",
-    "pedro",
-    "quincy",
-    "rob",
-    "robert",
-    "sandro",
-    "shelby",
-    "steph",
-    "travis",
-    "victor",
-    "zac",
-    "grandma",
-    "grandpa",
-]
+# fmt: off
+VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "Denis", "Gene", "Henrique", "Hugo", "Jacky", "Lee",
+    "Michael", "Mike", "Reed", "Storm", "adam", "anika", "aunty", "belinda", "benjamin", "boris",
+    "caleb", "david", "ed", "edward", "f1", "f2", "f3", "f4", "f5", "gustave", "ian", "iven", "john",
+    "klatt", "klatt2", "klatt3", "klatt4", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
+    "max", "michel", "norbert", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby", "steph",
+    "travis", "victor", "zac", "grandma", "grandpa",
+)
+# fmt: on
 SAMPLE_RATE = 8000  # FSDD's
-FIRST_TAKE = 5  # FSDD's takes 0-4 are its test split
+FIRST_TAKE = TEST_INDICES.stop  # FSDD's takes 0-4 are its test split
 EDGE_SAMPLES = 40  # kept around the detected speech: 5 ms at 8 kHz
 AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT in speak_lib.h
 RATE, PITCH, PITCH_RANGE = 1, 3, 4  # espeak_PARAMETER
