@@ -50,6 +50,7 @@ class SegmentationConfig:
     speech_percentile: float = 90.0  # ... and this one the speech level
     threshold_db: float = 12.0  # speech is at least this much louder than the floor (or half the range)
     silence_db: float = -80.0  # frames quieter than this (dBFS) are never speech
+    min_speech_seconds: float = 0.05  # a recording shorter than this holds no word (is_silent)
     hangover_seconds: float = 0.2  # speech extends this far on both sides of every speech frame
     max_pause_seconds: float = 2.0  # a longer pause always ends a segment (and is left out)
     min_cut_fraction: float = 0.5  # a forced cut falls between this fraction of the maximum and the maximum
@@ -124,12 +125,15 @@ def energy_envelope(blocks: Iterable[np.ndarray], sample_rate: int, frame_second
 
 
 def is_silent(wave: np.ndarray, sample_rate: int, config: SegmentationConfig) -> bool:
-    """Whether no frame of `wave` (mono samples) reaches `config.silence_db`: digital silence, or
-    so close to it that no speech can be in it (an empty wave is silent too).
+    """Whether `wave` (mono samples) can hold no speech: no frame reaches `config.silence_db`
+    (digital silence, or so close to it), or it is shorter than `config.min_speech_seconds`.
 
     The transcriber gives such a recording an empty text without decoding it: an attention
-    decoder has no "nothing was said" to fall back on and would otherwise name some words.
+    decoder has no "nothing was said" to fall back on and would otherwise name some words (a
+    digits model heard "s" in one sample and "o" in 25 ms of a word).
     """
+    if len(wave) < config.min_speech_seconds * sample_rate:
+        return True
     envelope = energy_envelope([np.asarray(wave, dtype=np.float32)], sample_rate, config.frame_seconds)
     return not bool((envelope.energies > config.silence_db).any())
 

@@ -12,6 +12,7 @@ from asr.segmentation import (
     SegmentationConfig,
     energy_envelope,
     find_segments,
+    is_silent,
     read_blocks,
     segment_file,
     speech_frames,
@@ -123,6 +124,16 @@ def test_silence_gives_no_segments():
     config = SegmentationConfig(max_segment_seconds=5.0)
     assert _segments_of(np.zeros(30 * RATE, np.float32), config) == []
     assert _segments_of(np.full(30 * RATE, 1e-6, np.float32), config) == []
+
+
+def test_silent_means_no_frame_above_the_floor_or_too_short_for_a_word():
+    config = SegmentationConfig(max_segment_seconds=5.0)  # min_speech_seconds 0.05: 400 samples
+    assert is_silent(np.zeros(RATE, np.float32), RATE, config)
+    assert is_silent(np.full(RATE, 1e-5, np.float32), RATE, config)  # -100 dBFS
+    assert not is_silent(_tone(1.0, amplitude=1e-3), RATE, config)  # -63 dBFS: faint, but heard
+    assert not is_silent(_tone(0.05), RATE, config)
+    assert is_silent(_tone(0.049), RATE, config)
+    assert is_silent(np.zeros(0, np.float32), RATE, config)
 
 
 def test_long_pauses_end_segments_short_ones_do_not():

@@ -351,17 +351,19 @@ def test_digital_silence_is_not_decoded_and_gets_no_text(tmp_path, capsys, check
     soundfile.write(faint, 0.01 * _speechlike(1.0, MODEL_RATE, seed=5), MODEL_RATE)
     long_silent = tmp_path / "long_silent.wav"  # longer than a segment: the VAD finds no speech
     soundfile.write(long_silent, np.zeros(25 * MODEL_RATE), MODEL_RATE)
+    blip = tmp_path / "blip.wav"  # loud, but 40 ms: shorter than any word (min_speech_seconds)
+    soundfile.write(blip, _speechlike(1.0, MODEL_RATE, seed=6)[: MODEL_RATE // 25], MODEL_RATE)
     segments = tmp_path / "segments.tsv"
     status, out, err = _run(
-        capsys, "--model", checkpoint, *FAST, "--segments", segments, silent, speech, faint, long_silent
+        capsys, "--model", checkpoint, *FAST, "--segments", segments, silent, speech, faint, long_silent, blip
     )
     assert status == 0, err
-    assert "4 files, 28.2 s of audio" in err  # a silent file is transcribed, to an empty text
+    assert "5 files, 28.2 s of audio" in err  # a silent file is transcribed, to an empty text
     assert "note: silent: no speech found; empty text" in err and "faint:" not in err
-    assert "note: long_silent: no speech found" in err
+    assert "note: long_silent: no speech found" in err and "note: blip: no speech found" in err
     rows = _lines(out)
-    assert [row[0] for row in rows] == ["silent", "speech", "faint", "long_silent"]
-    assert rows[0][1] == rows[3][1] == "" and rows[2][1] != ""
+    assert [row[0] for row in rows] == ["silent", "speech", "faint", "long_silent", "blip"]
+    assert rows[0][1] == rows[3][1] == rows[4][1] == "" and rows[2][1] != ""
     # the silent file's row is left out of the batch: the others decode as they do alone
     status, alone, alone_err = _run(capsys, "--model", checkpoint, *FAST, speech)
     assert status == 0, alone_err

@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for utterance in utterances:  # said, not silently left empty
         if utterance.error is None and not utterance.segments:
-            # a short recording without a frame above silence_db, or a long one without speech
+            # a short recording without a frame above silence_db (or shorter than
+            # min_speech_seconds), or a long one without speech
             tqdm.write(f"{PROGRAM}: note: {utterance.id}: no speech found; empty text", file=sys.stderr)
     _write_results(utterances, setup)
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
