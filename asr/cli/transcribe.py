@@ -45,8 +45,8 @@ ids: the file name without its extension, or the cut id. When inputs share an id
 named by its path relative to the folder they share (without, then with, the extension; for cuts,
 the manifest's path without suffix, "/", then the cut id), and an input given twice gets "#2", ...
 Whitespace in ids becomes "_". Recordings longer than --max-segment-seconds are cut at pauses.
-A recording without speech (no 10 ms frame above -80 dBFS; for a long one, no segment the
-pause detector finds) gets an empty text, with a note on stderr, and is not decoded."""
+A recording without speech (no 10 ms frame above -80 dBFS, or shorter than 50 ms; for a long one,
+no segment the pause detector finds) gets an empty text, with a note on stderr, and is not decoded."""
 
 
 class _UsageError(Exception):
