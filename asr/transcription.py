@@ -4,7 +4,7 @@
     -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
     -> batches of similar duration, longest first                           `make_batches`
     -> texts, joined per recording in time order, in input order            `transcribe`
-       (a piece of digital silence is not decoded and leaves no segment)
+       (a piece of digital silence, or under 50 ms, is not decoded and leaves no segment)
 
 Only a batch of pieces is held in memory at a time, so an hour-long recording costs the energy
 envelope of `asr.segmentation` plus one batch of segments. Batching never changes a result: the
@@ -377,7 +377,8 @@ def _decode_batch(
 ) -> None:
     """Load the batch's audio, decode it, and file each text under its utterance and segment.
 
-    Pieces in which no frame reaches `segmentation.silence_db` are not decoded (`is_silent`).
+    Pieces in which no frame reaches `segmentation.silence_db`, or shorter than
+    `segmentation.min_speech_seconds`, are not decoded (`is_silent`).
     """
     loaded, padded, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
     heard = []
