@@ -4,7 +4,7 @@
     -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
     -> batches of similar duration, longest first                           `make_batches`
     -> texts, joined per recording in time order, in input order            `transcribe`
-       (a piece of digital silence, or under 50 ms, is not decoded and leaves no segment)
+       (a piece of digital silence, or too short for a word, is not decoded and leaves no segment)
 
 Only a batch of pieces is held in memory at a time, so an hour-long recording costs the energy
 envelope of `asr.segmentation` plus one batch of segments. Batching never changes a result: the

@@ -336,11 +336,8 @@ def test_ctc_frames_exceed_labels_on_the_digits_data(tmp_path, fsdd_dir, clips, 
     assert sum(not ctc_feasible(cut, tokenizer, levels=3) for cut in tight) >= 60
 
 
-SYNTHETIC_DIR = VENDORED_SYNTHETIC  # what `asr-prepare digits` lists by default
-
-
 def test_the_vendored_synthetic_voices_are_training_clips_of_every_digit():
-    clips = list(fsdd_clips(SYNTHETIC_DIR))
+    clips = list(fsdd_clips(VENDORED_SYNTHETIC))
     assert len(clips) == 900 and {c.custom["speaker"] for c in clips} == {"synth"}
     assert all(c.custom["take"] >= 5 for c in clips)  # FSDD's training split: never dev or test
     words = [c.supervisions[0].text for c in clips]
@@ -351,7 +348,9 @@ def test_the_vendored_synthetic_voices_are_training_clips_of_every_digit():
 def test_synthetic_voices_join_the_rotation_of_training_voices(tmp_path, fsdd_dir):
     """`asr-prepare digits` lists the synthetic clips apart; training strings take them as one more
     voice, leaving a speaker out still leaves it out, and dev strings stay FSDD's."""
-    paths = prepare_digits(fsdd_dir, tmp_path, num_dev=4, num_test=0, num_long=0, synthetic_dir=SYNTHETIC_DIR)
+    paths = prepare_digits(
+        fsdd_dir, tmp_path, num_dev=4, num_test=0, num_long=0, synthetic_dir=VENDORED_SYNTHETIC
+    )
     corpus = DigitStrings.from_options(
         str(paths["train_clips"]),
         str(paths["dev"]),
