@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from asr.decoding import DecodingOptions, Hypothesis, decode, hypothesis_text
+from asr.dehum import HumConfig
 from asr.diagnostics import (
     DEFINITIONS,
     STUCK_STEPS,
@@ -104,10 +105,12 @@ def decode_dataset(
     on_error: Callable[[str], None],
     progress: bool | None = None,
     language_model=None,
+    hum: HumConfig | None = None,
 ) -> tuple[list[list[Hypothesis | None]], Report]:
     """Decode every utterance (in duration-sorted batches) and keep the best hypotheses.
 
-    `language_model` (with `options.lm_weight`) is fused into the search, as in asr-transcribe.
+    `language_model` (with `options.lm_weight`) is fused into the search, as in asr-transcribe;
+    with `hum`, mains hum is removed from each piece first (`asr.dehum`), as asr-transcribe does.
 
     Returns
     -------
@@ -124,7 +127,7 @@ def decode_dataset(
     disable = None if progress is None else not progress  # None: only on a terminal
     with tqdm(total=sum(p.duration for p in pieces), unit="s", file=sys.stderr, disable=disable) as bar:
         for batch in make_batches(pieces, batch_size, max_batch_seconds):
-            loaded, waves, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
+            loaded, waves, wave_lens = load_batch(batch, utterances, sample_rate, on_error, hum)
             if loaded:
                 found = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
                 for piece, hypothesis in zip(loaded, found, strict=True):

@@ -3,6 +3,7 @@
     inputs (files, folders, lhotse manifests) -> Utterance (id, audio)       `collect_utterances`
     -> pieces: the whole recording, or VAD segments when it is long          `plan_pieces`
     -> batches of similar duration, longest first                           `make_batches`
+    -> each piece's audio, with a steady mains hum subtracted (`hum`)       `load_batch`
     -> texts, joined per recording in time order, in input order            `transcribe`
        (a piece of digital silence, or too short for a word, is not decoded and leaves no segment)
 
@@ -24,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import AudioError, audio_info, find_audio_files, limit_peak, load_audio
+from asr.dehum import Hum, HumConfig, remove_mains_hum
 from asr.segmentation import (
     Segment,
     SegmentationConfig,
@@ -125,6 +127,7 @@ class Utterance:
     texts: list[str] = field(default_factory=list)  # one per segment
     # indices of segments found silent (`is_silent`): not decoded, and dropped from `segments` at the end
     silent: set[int] = field(default_factory=set)
+    hum: Hum | None = None  # the mains hum removed from it (the first segment's that had one)
     error: str | None = None  # why it failed; None while it has not
 
     @property
@@ -276,6 +279,7 @@ def transcribe(
     batch_size: int,
     max_batch_seconds: float,
     on_error: Callable[[str], None],
+    hum: HumConfig | None = None,
     progress: bool | None = None,
 ) -> Report:
     """Transcribe `utterances` in place: each gets `texts` per segment, or `error`.
@@ -294,6 +298,8 @@ def transcribe(
         See `make_batches`.
     on_error : callable
         Called with a one-line message for every recording that fails.
+    hum : HumConfig or None
+        Remove mains hum from each piece before decoding (`asr.dehum`); None: decode the audio as it is.
     progress : bool or None
         Show a progress bar on stderr; None shows it when stderr is a terminal.
 
@@ -310,7 +316,7 @@ def transcribe(
     total_seconds = sum(piece.duration for piece in pieces)
     with tqdm(total=total_seconds, unit="s", desc="audio", file=sys.stderr, disable=disable) as bar:
         for batch in make_batches(pieces, batch_size, max_batch_seconds):
-            _decode_batch(batch, utterances, decode_texts, sample_rate, on_error, segmentation)
+            _decode_batch(batch, utterances, decode_texts, sample_rate, on_error, segmentation, hum)
             bar.update(sum(piece.duration for piece in batch))
     for utterance in utterances:  # a silent recording has no speech, so no segment (as a long one's pauses)
         if utterance.silent:
@@ -343,11 +349,14 @@ def load_batch(
     utterances: list[Utterance],
     sample_rate: int,
     on_error: Callable[[str], None],
+    hum: HumConfig | None = None,
 ) -> tuple[list[Piece], torch.Tensor, torch.Tensor]:
     """The audio of a batch's pieces: (loaded pieces, waves (B, S) zero-padded, wave_lens (B,)).
 
     A piece that cannot be read sets its utterance's `error` (reported through `on_error`) and is
     left out, as are the later pieces of that utterance; waves is (0, 0) when nothing was read.
+    With `hum`, each piece's mains hum is removed (`asr.dehum.remove_mains_hum`) and the utterance's
+    `hum` records what was found.
     """
     loaded, waves = [], []
     for piece in batch:
@@ -355,11 +364,15 @@ def load_batch(
         if utterance.error is not None:
             continue  # an earlier segment of this recording failed; its text is lost anyway
         try:
-            waves.append(utterance.audio.load(sample_rate, piece.segment))
+            wave = utterance.audio.load(sample_rate, piece.segment)
         except AudioError as error:
             utterance.error = str(error)
             on_error(utterance.error)
             continue
+        if hum is not None:
+            wave, found = remove_mains_hum(wave, sample_rate, hum)
+            utterance.hum = utterance.hum or found
+        waves.append(wave)
         loaded.append(piece)
     if not loaded:
         return [], torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
@@ -374,13 +387,14 @@ def _decode_batch(
     sample_rate: int,
     on_error: Callable[[str], None],
     segmentation: SegmentationConfig,
+    hum: HumConfig | None,
 ) -> None:
     """Load the batch's audio, decode it, and file each text under its utterance and segment.
 
     Pieces in which no frame reaches `segmentation.silence_db`, or shorter than
     `segmentation.min_speech_seconds`, are not decoded (`is_silent`).
     """
-    loaded, padded, wave_lens = load_batch(batch, utterances, sample_rate, on_error)
+    loaded, padded, wave_lens = load_batch(batch, utterances, sample_rate, on_error, hum)
     heard = []
     for row, (piece, length) in enumerate(zip(loaded, wave_lens.tolist(), strict=True)):
         if is_silent(padded[row, :length].numpy(), sample_rate, segmentation):

@@ -33,6 +33,7 @@ from asr.cli.transcribe import (
     decoding_options,
 )
 from asr.decoding import DecodingOptions
+from asr.dehum import HumConfig
 from asr.diagnostics import DEFINITIONS, FLAGS, STUCK_STEPS
 from asr.evaluation import (
     UtteranceResult,
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut longer recordings at pauses, as asr-transcribe does (default: decode them whole)",
     )
     add(
+        "--keep-hum",
+        action="store_true",
+        help="decode the audio as it is; by default a steady 50 or 60 Hz mains hum is subtracted first, "
+        "as asr-transcribe does",
+    )
+    add(
         "--duration-edges",
         type=_edges,
         default=None,
@@ -215,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=setup.device,
         on_error=report_error,
         language_model=setup.language_model,
+        hum=None if args.keep_hum else HumConfig(),
     )
+    hummed = sum(utterance.hum is not None for utterance in setup.utterances)
+    if hummed:
+        print(f"{PROGRAM}: note: mains hum removed from {hummed} recordings before decoding", file=sys.stderr)
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
     report = dataclasses.replace(report, num_failed=len(failures))
     print(f"{PROGRAM}: {report.summary()}", file=sys.stderr)
@@ -319,6 +330,7 @@ def _settings(args: argparse.Namespace, setup: _Setup) -> dict:
         "decoding": {
             **dataclasses.asdict(setup.options),
             "max_segment_seconds": args.max_segment_seconds,
+            "remove_mains_hum": not args.keep_hum,
             "batch_size": args.batch_size,
             "device": str(setup.device),
         },

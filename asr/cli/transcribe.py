@@ -20,6 +20,7 @@ from tqdm import tqdm
 from asr.allocator import keep_freed_memory
 from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
+from asr.dehum import HumConfig
 from asr.distributed import DeviceError, resolve_device
 from asr.segmentation import SegmentationConfig
 from asr.transcription import (
@@ -46,7 +47,9 @@ named by its path relative to the folder they share (without, then with, the ext
 the manifest's path without suffix, "/", then the cut id), and an input given twice gets "#2", ...
 Whitespace in ids becomes "_". Recordings longer than --max-segment-seconds are cut at pauses.
 A recording without speech (no 10 ms frame above -80 dBFS, or shorter than 50 ms; for a long one,
-no segment the pause detector finds) gets an empty text, with a note on stderr, and is not decoded."""
+no segment the pause detector finds) gets an empty text, with a note on stderr, and is not decoded.
+A steady mains hum (50 or 60 Hz and its harmonics, louder than 40 dB below the recording) is
+subtracted before decoding, with a note on stderr; --keep-hum decodes the audio as it is."""
 
 
 class _UsageError(Exception):
@@ -125,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write 'utt_id<TAB>start<TAB>end<TAB>text' per decoded segment, in seconds (default: none)",
     )
     parser.add_argument(
+        "--keep-hum",
+        action="store_true",
+        help="decode the audio as it is; by default a steady 50 or 60 Hz mains hum and its harmonics "
+        "are found and subtracted first, with a note on stderr",
+    )
+    parser.add_argument(
         "--max-segment-seconds",
         type=float,
         default=None,
@@ -195,7 +204,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
         on_error=report_error,
+        hum=None if args.keep_hum else HumConfig(),
     )
+    for utterance in utterances:
+        if utterance.hum is not None:  # the audio decoded is not the file's: say so
+            tqdm.write(f"{PROGRAM}: note: {utterance.id}: {utterance.hum.describe()}", file=sys.stderr)
     for utterance in utterances:  # said, not silently left empty
         if utterance.error is None and not utterance.segments:
             # a short recording without a frame above silence_db (or shorter than
