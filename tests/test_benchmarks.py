@@ -246,3 +246,16 @@ def test_the_bf16_rows_keep_input_feeding_and_differ_only_in_precision_and_encod
     assert exact.get("autocast") != "bf16"
     for row in (exact, bf16, pyramid):
         assert row["train_step_s"] > 0 and row["peak_rss_train_mib"] > 0
+
+
+def test_evict_page_cache_visits_every_shared_library_and_refuses_a_missing_folder(tmp_path, capsys):
+    evict = _module("evict_page_cache")
+    (tmp_path / "lib" / "deep").mkdir(parents=True)
+    for name in ("lib/libone.so", "lib/deep/libtwo.so.13", "lib/notes.txt"):
+        (tmp_path / name).write_bytes(b"\0" * 8192)
+    assert evict.evict([tmp_path]) == 2
+    assert (tmp_path / "lib" / "libone.so").read_bytes() == b"\0" * 8192  # dropped from memory, not disk
+    assert evict.main([str(tmp_path)]) == 0
+    assert "2 shared libraries dropped" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        evict.main([str(tmp_path / "missing")])
