@@ -288,3 +288,24 @@ def test_a_language_model_is_fused_and_recorded(tmp_path, capsys, checkpoint, co
     capsys.readouterr()
     status, out, err = _run(capsys, *args, "--out", tmp_path / "x", "--lm-weight", "0.5")
     assert status == 2 and "--lm-weight needs --lm" in err
+
+
+def test_hum_is_removed_before_scoring_unless_kept(tmp_path, capsys, checkpoint):
+    reference = _string(tmp_path / "clean" / "digits.wav", _fsdd_clips(4))
+    clean, _ = soundfile.read(tmp_path / "clean" / "digits.wav", dtype="float64")
+    time = np.arange(len(clean)) / RATE
+    hum = np.sin(2 * np.pi * 60.0 * time) + 0.5 * np.sin(2 * np.pi * 120.0 * time + 1.0)
+    hum *= np.sqrt(np.mean(clean**2) / np.mean(hum**2) / 10)  # 10 dB below the speech
+    (tmp_path / "hum").mkdir()
+    soundfile.write(tmp_path / "hum" / "digits.wav", clean + hum, RATE, subtype="FLOAT")
+    (tmp_path / "ref.txt").write_text(f"digits\t{reference}\n")
+    common = [*FAST, "--model", checkpoint, "--ref", tmp_path / "ref.txt"]
+    summaries = {}
+    for name, extra in [("clean", []), ("hum", []), ("kept", ["--keep-hum"])]:
+        folder = tmp_path / ("clean" if name == "clean" else "hum")
+        status, _, err = _run(capsys, *common, *extra, "--out", tmp_path / f"out_{name}", folder)
+        assert status == 0, err
+        assert ("mains hum removed from 1 of 1 recordings" in err) == (name == "hum")
+        summaries[name] = json.loads((tmp_path / f"out_{name}" / "summary.json").read_text())
+    assert summaries["hum"]["settings"]["decoding"]["remove_mains_hum"] is True
+    assert summaries["kept"]["settings"]["decoding"]["remove_mains_hum"] is False

@@ -226,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     hummed = sum(utterance.hum is not None for utterance in setup.utterances)
     if hummed:
-        print(f"{PROGRAM}: note: mains hum removed from {hummed} recordings before decoding", file=sys.stderr)
+        count = f"{hummed} of {len(setup.utterances)} recordings"
+        print(f"{PROGRAM}: note: mains hum removed from {count} before decoding", file=sys.stderr)
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
     report = dataclasses.replace(report, num_failed=len(failures))
     print(f"{PROGRAM}: {report.summary()}", file=sys.stderr)
