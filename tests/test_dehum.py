@@ -9,6 +9,7 @@ from asr.cli.transcribe import main as transcribe
 from asr.dehum import HumConfig, remove_mains_hum
 from asr.features import FeatureConfig, LogMelFeatures
 from asr.transcription import FileAudio, Piece, Utterance, load_batch
+from tests.test_transcribe import _build_checkpoint
 
 RATE = 8000
 
@@ -113,8 +114,6 @@ def test_transcription_loads_the_audio_without_its_hum(tmp_path, speech):
 
 
 def test_asr_transcribe_removes_hum_and_says_so(tmp_path, capsys, speech, one_thread):
-    from test_transcribe import _build_checkpoint
-
     checkpoint = _build_checkpoint(tmp_path / "model.pt")
     path = tmp_path / "hum.wav"
     soundfile.write(path, with_hum(speech, hum(len(speech), 60.0, [1, 0.5]), 10.0), RATE)
