@@ -5,19 +5,20 @@ first sample to the last. In log-mel frames the hum fills the lowest bins, and a
 voicing: the digits model, trained with hum augmentation, still heard "six" as "seven" under a
 60 Hz buzz 10 dB below the speech (recipes/digits/README.md, "Faults"). Speech has almost no
 energy at 50-60 Hz and its harmonics glide with the pitch, so a narrow peak at the mains frequency
-that keeps its level through the recording is hum. `remove_mains_hum` then fits, by least squares
-over the whole recording, a sinusoid at each harmonic whose peak stands out, and subtracts the
-fit: unlike notch filters, it leaves the speech at those frequencies and has no start-up transient.
+that keeps its level through the recording is hum. `remove_mains_hum` then fits a sinusoid at each
+of its harmonics over the whole recording and subtracts the fit: unlike notch filters, it leaves
+the speech at those frequencies and has no start-up transient. The fit is weighted least squares
+that trusts the quiet frames most (`_quiet_weights`), so it takes the hum, not the voice.
 
 Detection, for the fundamental (within 1.5 % of 50 or 60 Hz, a local maximum of the spectrum):
 its peak at least `detect_db` above the mean of its flanks (2.5-6 frequency resolutions away),
 and its level in the recording's first and second halves within `max_change_db` of each other.
-Harmonics up to `max_hz` are subtracted when their peak stands `harmonic_db` above its flanks,
-their level is as steady, and they are at most `max_harmonic_gain_db` louder than the
-fundamental (a louder one is the voice's). The fundamental is then refined by Gauss-Newton steps
-(`_frequency_error`): a hum at 60.2 Hz is found to within 0.01 Hz in 1.8 s of speech, which keeps
-the fit in phase with the hum up to its highest harmonic. Hum fainter than `min_level_db` below
-the recording is left alone.
+Harmonics up to `max_hz` are subtracted where the spectrum has a peak near k times the
+fundamental, their level is as steady, and they are at most `max_harmonic_gain_db` louder than
+the fundamental (a louder one is the voice's). The fundamental is then refined by Gauss-Newton
+steps (`_frequency_error`): a hum at 60.2 Hz is found to within 0.01 Hz in 1.8 s of speech, which
+keeps the fit in phase with the hum up to its highest harmonic. Hum fainter than `min_level_db`
+below the recording is left alone.
 """
 
 import math
@@ -29,7 +30,6 @@ import torch
 @dataclass(frozen=True)
 class HumConfig:
     detect_db: float = 10.0  # the fundamental's peak over its flanks
-    harmonic_db: float = 6.0  # a harmonic's peak over its flanks, for it to be subtracted
     max_change_db: float = 6.0  # the most a component's level may differ between the two halves
     max_harmonic_gain_db: float = 10.0  # a harmonic louder than the fundamental by more is the voice's
     min_level_db: float = -40.0  # hum fainter than this, relative to the recording's power, is left:
@@ -80,15 +80,16 @@ def remove_mains_hum(
     if best is None:
         return wave, None
     fundamental = best[1]
-    # the harmonics whose peak stands out, each found near k times the fundamental's estimate
+    # the candidate harmonics: a spectral peak near k times the fundamental's estimate
     top = int(min(config.max_hz, sample_rate / 2 - 2 * spectrum.resolution) // fundamental)
     candidates, frequencies = [1], [fundamental]
     for k in range(2, top + 1):
         peak = spectrum.peak(k * fundamental - spectrum.resolution, k * fundamental + spectrum.resolution)
-        if peak is not None and spectrum.salience(peak) >= config.harmonic_db:
+        if peak is not None:
             candidates.append(k)
             frequencies.append(peak)
-    first, second = _half_levels(x, sample_rate, frequencies)
+    trust = _quiet_weights(x, sample_rate)
+    first, second = _half_levels(x, trust, sample_rate, frequencies)
     steady = (10 * torch.log10(first / second)).abs() <= config.max_change_db
     if not steady[0]:
         return wave, None
@@ -104,13 +105,13 @@ def remove_mains_hum(
     # the peaks are good to a small part of the resolution: a correction beyond that is noise
     low, high = frequency - 0.25 * spectrum.resolution, frequency + 0.25 * spectrum.resolution
     for _ in range(REFINEMENTS):
-        step = _frequency_error(x, sample_rate, frequency, harmonics)
+        step = _frequency_error(x, trust, sample_rate, frequency, harmonics)
         frequency = min(max(frequency + step, low), high)
     # the fit that is subtracted: a sinusoid of constant amplitude per harmonic. A linear change of
     # each one as well (as `_frequency_error` fits) took more of the speech with it: on FSDD's short
     # clips under a 60 Hz hum, 9.2 % WER against 8.4 %
     design = _sinusoids(samples, sample_rate, [k * frequency for k in harmonics], ramp=False)
-    hum = design @ torch.linalg.lstsq(design, x[:, None]).solution[:, 0]
+    hum = design @ _weighted_fit(design, x, trust)
     level_db = 10 * math.log10(float(hum.square().mean()) / (float(x.square().mean()) + 1e-30) + 1e-30)
     if level_db < config.min_level_db:
         return wave, None
@@ -155,7 +156,9 @@ class _Spectrum:
 REFINEMENTS = 2
 
 
-def _frequency_error(x: torch.Tensor, sample_rate: int, frequency: float, harmonics: list[int]) -> float:
+def _frequency_error(
+    x: torch.Tensor, trust: torch.Tensor, sample_rate: int, frequency: float, harmonics: list[int]
+) -> float:
     """How far the hum's fundamental is from `frequency` (Hz), from a least-squares fit of its
     harmonics, each with a linear change of its complex amplitude over the recording.
 
@@ -166,7 +169,7 @@ def _frequency_error(x: torch.Tensor, sample_rate: int, frequency: float, harmon
     """
     samples = x.numel()
     design = _sinusoids(samples, sample_rate, [k * frequency for k in harmonics], ramp=True)
-    coefficients = torch.linalg.lstsq(design, x[:, None]).solution[:, 0]
+    coefficients = _weighted_fit(design, x, trust)
     cos, sin, ramp_cos, ramp_sin = coefficients.view(4, len(harmonics))
     level = torch.complex(cos, -sin)  # x = Re(a exp(i theta)) = Re(a) cos theta - Im(a) sin theta
     change = torch.complex(ramp_cos, -ramp_sin)
@@ -188,14 +191,36 @@ def _sinusoids(samples: int, sample_rate: int, frequencies: list[float], ramp: b
 
 
 def _half_levels(
-    x: torch.Tensor, sample_rate: int, frequencies: list[float]
+    x: torch.Tensor, weights: torch.Tensor, sample_rate: int, frequencies: list[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each frequency's fitted power in the recording's first half, and in its second."""
     half = x.numel() // 2
     design = _sinusoids(half, sample_rate, frequencies, ramp=False)
     levels = []
-    for part in (x[:half], x[half : 2 * half]):
-        coefficients = torch.linalg.lstsq(design, part[:, None]).solution[:, 0]
+    for part in (slice(0, half), slice(half, 2 * half)):
+        coefficients = _weighted_fit(design, x[part], weights[part])
         cos, sin = coefficients.view(2, len(frequencies))
         levels.append(cos.square() + sin.square() + 1e-300)
     return levels[0], levels[1]
+
+
+def _quiet_weights(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Per-sample least-squares weights: the inverse of the power of the 20 ms frame around it.
+
+    The hum is the same in every frame and the voice is not, so the fit trusts the pauses and the
+    quiet frames most (weighted least squares with the voice as noise of varying power). Fitted
+    evenly, the voice's own energy at the hum's frequencies, averaged over the recording, was
+    subtracted from every frame, pauses included: a steady comb, 17-27 dB below the speech for 19
+    harmonics of 50 Hz, that took clean digit strings from 0.25 % to 4.97 % WER.
+    """
+    frame = max(1, round(0.02 * sample_rate))
+    power = torch.nn.functional.avg_pool1d(x.square()[None, None], frame, frame, ceil_mode=True)[0, 0]
+    power = power.clamp(min=1e-4 * float(power.mean()) + 1e-30)  # -40 dB: digital silence is not certainty
+    weights = (1.0 / power).repeat_interleave(frame)[: x.numel()]
+    return weights / weights.mean()
+
+
+def _weighted_fit(design: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """argmin_c sum_t w_t (x_t - (design c)_t)^2."""
+    root = weights.sqrt()
+    return torch.linalg.lstsq(design * root[:, None], (x * root)[:, None]).solution[:, 0]

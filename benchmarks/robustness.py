@@ -12,7 +12,8 @@ a user would run it on such files; the hypotheses are scored with `asr.metrics.w
 - quiet: 30 dB quieter; clipped: 12 dB too loud for the converter, clipped at full scale;
 - dc offset: a constant offset of 0.02 of full scale (a cheap sound card or microphone);
 - hum 50 Hz: a 50 Hz tone 15 dB below the speech; hum 60 Hz: 60 Hz with harmonics at 120, 180
-  and 300 Hz (amplitudes 1, 1/2, 1/3, 1/5), 10 dB below it (mains picked up by a cable);
+  and 300 Hz (amplitudes 1, 1/2, 1/3, 1/5), 10 dB below it (mains picked up by a cable); buzz
+  50 Hz: 50 Hz and its harmonics up to 950 Hz (amplitudes 1/k), 10 dB below it (a ground loop);
 - white noise: 10 dB below the speech;
 - telephone: a 300-3400 Hz band-pass (4th-order Butterworth);
 - 44.1 kHz stereo: resampled and written as two channels of unequal level (the reader averages them);
@@ -93,6 +94,9 @@ CONDITIONS = {
     "hum 50 Hz": lambda wave, rate, rng: _tones(wave, rate, [50], [1.0], 15.0),
     "hum 60 Hz": lambda wave, rate, rng: _tones(
         wave, rate, [60, 120, 180, 300], [1, 1 / 2, 1 / 3, 1 / 5], 10.0
+    ),
+    "buzz 50 Hz": lambda wave, rate, rng: _tones(
+        wave, rate, [50 * k for k in range(1, 20)], [1 / k for k in range(1, 20)], 10.0
     ),
     "white noise": _white_noise,
     "telephone": _telephone,

@@ -46,9 +46,9 @@ def with_hum(wave: np.ndarray, tone: np.ndarray, snr_db: float) -> np.ndarray:
 @pytest.mark.parametrize(
     "frequency, amplitudes, snr_db, max_distance",
     [
-        (59.7, [1, 1 / 2, 1 / 3, 0, 1 / 5], 10.0, 0.5),  # 60 Hz mains, 0.5 % low, with harmonics
-        (50.4, [1.0], 15.0, 0.05),  # a pure 50 Hz tone
-        (49.6, [1 / k for k in range(1, 20)], 5.0, 0.6),  # a buzz rich in harmonics up to 950 Hz
+        (59.7, [1, 1 / 2, 1 / 3, 0, 1 / 5], 10.0, 0.4),  # 60 Hz mains, 0.5 % low, with harmonics
+        (50.4, [1.0], 15.0, 0.5),  # a pure 50 Hz tone
+        (49.6, [1 / k for k in range(1, 20)], 5.0, 0.45),  # a buzz rich in harmonics up to 950 Hz
     ],
 )
 def test_hum_is_found_and_subtracted_from_real_speech(speech, frequency, amplitudes, snr_db, max_distance):
@@ -61,8 +61,8 @@ def test_hum_is_found_and_subtracted_from_real_speech(speech, frequency, amplitu
     assert set(strong) <= set(found.harmonics)
     assert cleaned.dtype == torch.float64 and cleaned.shape == (len(speech),)
     residual = cleaned.numpy() - speech
-    # 10 dB less than the hum at least; what is left is mostly what the fit took of the speech
-    assert np.mean(residual**2) < np.mean((noisy - speech) ** 2) * 10 ** (-10 / 10)
+    # 20 dB less than the hum at least (26-28 dB measured); the fit trusts the pauses, not the voice
+    assert np.mean(residual**2) < np.mean((noisy - speech) ** 2) * 10 ** (-20 / 10)
     # in the lowest 20 of the model's 80 log-mel bins (0-330 Hz), where the hum was, the frames are
     # much closer to the clean speech's than the noisy ones were
     clean_frames = log_mel(speech)[:, :20]
