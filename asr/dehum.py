@@ -113,7 +113,7 @@ def remove_mains_hum(
     # the fit that is subtracted: a sinusoid of constant amplitude per harmonic. A linear change of
     # each one as well (as `_frequency_error` fits) took more of the speech with it: on FSDD's short
     # clips under a 60 Hz hum, 9.2 % WER against 8.4 %
-    design = _sinusoids(samples, sample_rate, [k * frequency for k in harmonics], ramp=False)
+    design = _Sinusoids(samples, sample_rate, tuple(k * frequency for k in harmonics), ramp=False)
     hum = design.evaluate(_weighted_fit(design, x, trust))
     level_db = 10 * math.log10(float(hum.square().mean()) / (float(x.square().mean()) + 1e-30) + 1e-30)
     if level_db < config.min_level_db:
@@ -171,7 +171,7 @@ def _frequency_error(
     each estimate's variance).
     """
     samples = x.numel()
-    design = _sinusoids(samples, sample_rate, [k * frequency for k in harmonics], ramp=True)
+    design = _Sinusoids(samples, sample_rate, tuple(k * frequency for k in harmonics), ramp=True)
     coefficients = _weighted_fit(design, x, trust)
     cos, sin, ramp_cos, ramp_sin = coefficients.view(4, len(harmonics))
     level = torch.complex(cos, -sin)  # x = Re(a exp(i theta)) = Re(a) cos theta - Im(a) sin theta
@@ -218,16 +218,12 @@ class _Sinusoids:
         return torch.cat([rows @ coefficients for _, _, rows in self.blocks()])
 
 
-def _sinusoids(samples: int, sample_rate: int, frequencies: list[float], ramp: bool) -> _Sinusoids:
-    return _Sinusoids(samples, sample_rate, tuple(float(f) for f in frequencies), ramp)
-
-
 def _half_levels(
     x: torch.Tensor, weights: torch.Tensor, sample_rate: int, frequencies: list[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each frequency's fitted power in the recording's first half, and in its second."""
     half = x.numel() // 2
-    design = _sinusoids(half, sample_rate, frequencies, ramp=False)
+    design = _Sinusoids(half, sample_rate, tuple(frequencies), ramp=False)
     levels = []
     for part in (slice(0, half), slice(half, 2 * half)):
         coefficients = _weighted_fit(design, x[part], weights[part])
