@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asr.files import atomic_write
 from asr.model import LAS, ModelConfig
 from asr.tokenizer import tokenizer_from_dict
 
@@ -36,7 +37,7 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
+    """Write `state` to `path` atomically (`asr.files.atomic_write`).
 
     A crash, a full disk or a kill at any moment leaves either the old file or the new one,
     never a truncated mix; the temporary file is removed on failure.
@@ -44,28 +45,13 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot write checkpoint: {error.strerror or error}") from error
-    try:
-        with os.fdopen(handle, "wb") as file:
+        with atomic_write(path, binary=True) as file:
             torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CheckpointError(
-                f"{path}: cannot write checkpoint ({error.strerror or error}); "
-                "the previous checkpoint, if any, is unchanged"
-            ) from error
-        raise
+    except OSError as error:
+        raise CheckpointError(
+            f"{path}: cannot write checkpoint ({error.strerror or error}); "
+            "the previous checkpoint, if any, is unchanged"
+        ) from error
 
 
 def check_writable(folder: str | os.PathLike) -> None:

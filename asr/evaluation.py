@@ -35,6 +35,7 @@ from asr.diagnostics import (
     summarise,
     text_flags,
 )
+from asr.files import atomic_write
 from asr.metrics import ErrorCounts, char_errors, utterance_word_errors
 from asr.segmentation import SegmentationConfig
 from asr.transcription import CutAudio, Report, Utterance, load_batch, make_batches, plan_pieces
@@ -348,11 +349,16 @@ def write_plots(
             f"HYP: {_shorten(result.hypothesis)}"
         )
         figure = attention_figure(result.attention, result.tokens, title, frame_seconds)
-        figure.savefig(out_dir / f"attention_{kind}.png", dpi=100)
+        _save_png(figure, out_dir / f"attention_{kind}.png")
         plots[kind] = {"file": f"attention_{kind}.png", "utterance": result.id}
-    length_figure(results, summary["buckets"]).savefig(out_dir / "wer_by_length.png", dpi=100)
+    _save_png(length_figure(results, summary["buckets"]), out_dir / "wer_by_length.png")
     plots["wer_by_length"] = {"file": "wer_by_length.png"}
     return plots
+
+
+def _save_png(figure, path: Path) -> None:
+    with atomic_write(path, binary=True) as file:
+        figure.savefig(file, format="png", dpi=100)
 
 
 def length_figure(results: Sequence[UtteranceResult], buckets: dict[str, list[dict]]):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jiwer
 
+from asr.files import atomic_write
 from asr.text import normalize_text
 
 
@@ -218,7 +219,7 @@ def write_transcripts(path: str | os.PathLike, items: Iterable[tuple[str, str]])
         if "\n" in text or "\r" in text:
             raise ValueError(f"transcript of {utterance_id!r} contains a line break")
         lines.append(f"{utterance_id}\t{text}\n")
-    with open(path, "w", encoding="utf-8", newline="\n") as file:
+    with atomic_write(path) as file:  # whole or not at all: a cut-short file would score as deletions
         file.writelines(lines)
 
 

@@ -168,6 +168,23 @@ def test_a_manifest_needs_no_reference_file_and_scores_the_same(tmp_path, capsys
     assert manifest_summary["buckets"]["words"] == file_summary["buckets"]["words"]
 
 
+def test_a_full_disk_still_prints_the_figures_and_keeps_the_old_report(
+    tmp_path, capsys, checkpoint, corpus, report, monkeypatch
+):
+    folder, _ = corpus
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "summary.json").write_text('{"an": "earlier report"}\n')
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    status, printed, err = _run(capsys, *FAST, "--model", checkpoint, "--out", out, folder / "cuts.jsonl.gz")
+    assert status == 1 and "Traceback" not in err
+    assert f"{out}: cannot write the report (No space left on device)" in err
+    wer = json.loads((report / "summary.json").read_text())["wer"]
+    assert printed.startswith(f"%WER {wer['percent']:.2f}")  # the evaluation's figures are not lost
+    assert os.listdir(out) == ["summary.json"]  # no partial or temporary files
+    assert (out / "summary.json").read_text() == '{"an": "earlier report"}\n'
+
+
 def test_segmented_recordings_are_stitched(tmp_path, capsys, checkpoint):
     reference = _string(tmp_path / "audio" / "long.wav", _fsdd_clips(10), pause_seconds=0.6)
     (tmp_path / "ref.txt").write_text(f"long\t{reference}\n")

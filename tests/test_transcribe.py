@@ -212,6 +212,28 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tmp_path, capsys, check
     assert "Traceback" not in err and "2 files" in err and "4 failed" in err
 
 
+def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(tmp_path, capsys, checkpoint, monkeypatch):
+    audio = [_write(tmp_path / "one.wav", 0.6, seed=1), _write(tmp_path / "two.wav", 0.8, seed=2)]
+    output, segments = tmp_path / "out.txt", tmp_path / "segments.txt"
+    status, out, _ = _run(capsys, "--model", checkpoint, *FAST, *audio)
+    assert status == 0
+    output.write_text("the transcripts of an earlier run\n")
+    segments.write_text("earlier segments\n")
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    status, fallback, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--output", output, "--segments", segments, *audio
+    )
+    assert status == 1
+    assert fallback == out  # the decoding is not lost: the transcripts follow on stdout
+    assert output.read_text() == "the transcripts of an earlier run\n"  # not truncated
+    assert segments.read_text() == "earlier segments\n"
+    assert sorted(os.listdir(tmp_path)) == ["one.wav", "out.txt", "segments.txt", "two.wav"]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 2 and "Traceback" not in err, err
+    assert f"{output}: cannot write the transcripts (No space left on device)" in errors[1]
+    assert "follow on stdout" in errors[1] and str(segments) in errors[0]
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from asr.cli.wer import main
@@ -114,3 +118,17 @@ def test_empty_hypothesis_file_with_missing_as_deletions(files, capsys):
     assert "3 ids (u1, u2, u3)" in capsys.readouterr().err
     assert main(["--ref", reference, "--hyp", hypothesis, "--missing-as-deletions"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "%WER 100.00 [ 9 / 9, 0 ins, 9 del, 0 sub ]"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_stdout_is_one_clear_error(files):
+    _, reference, hypothesis = files
+    with open("/dev/full", "w") as full:  # every write fails with ENOSPC
+        run = subprocess.run(
+            [sys.executable, "-m", "asr.cli.wer", "--ref", reference, "--hyp", hypothesis],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert run.returncode == 1
+    assert run.stderr.strip() == "asr-wer: error: cannot write to stdout (No space left on device)"

@@ -45,6 +45,7 @@ from asr.evaluation import (
     worst_first,
     write_plots,
 )
+from asr.files import atomic_write
 from asr.metrics import (
     ErrorCounts,
     kaldi_sentence_summary,
@@ -239,13 +240,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     settings = _settings(args, setup)
     summary = build_summary(results, report, settings, args.duration_edges, args.word_edges)
-    _write_report(setup.out_dir, results, summary, attention_frame_seconds(setup.model))
+    try:
+        _write_report(setup.out_dir, results, summary, attention_frame_seconds(setup.model))
+        written = True
+    except OSError as error:  # a full disk: the figures below are still the evaluation's
+        print(
+            f"{PROGRAM}: error: {setup.out_dir}: cannot write the report ({error.strerror or error}); "
+            "each file in it is whole, either this run's or as it was before",
+            file=sys.stderr,
+        )
+        written = False
     word_counts = sum((result.word_errors for result in results), ErrorCounts())
     print(kaldi_summary(word_counts, "WER"))
     print(kaldi_summary(sum((result.char_errors for result in results), ErrorCounts()), "CER"))
     print(kaldi_sentence_summary(word_counts))
-    print(f"{PROGRAM}: report written to {setup.out_dir / 'report.md'}", file=sys.stderr)
-    return 1 if failures else 0
+    if written:
+        print(f"{PROGRAM}: report written to {setup.out_dir / 'report.md'}", file=sys.stderr)
+    return 1 if failures or not written else 0
 
 
 def _set_up(args: argparse.Namespace, report_error) -> _Setup:
@@ -344,7 +355,7 @@ def _write_report(
 ) -> None:
     """Write summary.json, report.md, errors.txt, the plots and the transcripts into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "errors.txt", "w", encoding="utf-8") as file:
+    with atomic_write(out_dir / "errors.txt") as file:
         for result in worst_first(results):
             counts, flags = result.word_errors, [f for f in FLAGS if result.diagnostics.get(f)]
             values = " ".join(f"{key}={value:.3g}" for key, value in result.diagnostics.items())
@@ -359,8 +370,10 @@ def _write_report(
     write_transcripts(out_dir / "hypotheses.txt", [(r.id, r.hypothesis) for r in results])
     write_transcripts(out_dir / "references.txt", [(r.id, r.reference) for r in results])
     summary["plots"] = write_plots(out_dir, results, summary, frame_seconds)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "report.md").write_text(_render_markdown(summary), encoding="utf-8")
+    with atomic_write(out_dir / "summary.json") as file:
+        file.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    with atomic_write(out_dir / "report.md") as file:  # last: the report names the files above
+        file.write(_render_markdown(summary))
 
 
 def _render_markdown(summary: dict) -> str:

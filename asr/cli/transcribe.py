@@ -3,16 +3,21 @@
 Writes "utt_id<TAB>text" lines in input order to --output or stdout; everything else (errors,
 warnings, the progress bar and the closing summary with the real-time factor) goes to stderr.
 Exit status: 0 when every recording was transcribed, 1 when some failed (each one is named on
-stderr and the others are still written), 2 for a problem with the arguments, the model or the
-language model. The checkpoint is all it needs: no config files, from any folder.
+stderr and the others are still written) or the output could not be written, 2 for a problem with
+the arguments, the model or the language model. The checkpoint is all it needs: no config files,
+from any folder.
+
+--output and --segments files appear whole or not at all (`asr.files.atomic_write`): a full disk or
+an interrupted run leaves an existing file as it was. When --output cannot be written, the
+transcripts go to stdout instead, so that a long decoding is not lost.
 """
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TextIO
 
 import torch
 from tqdm import tqdm
@@ -22,6 +27,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
 from asr.dehum import HumConfig
 from asr.distributed import DeviceError, resolve_device
+from asr.files import atomic_write, check_can_write
 from asr.segmentation import SegmentationConfig
 from asr.transcription import (
     DecodeFunction,
@@ -63,8 +69,8 @@ class _Setup:
     decode_texts: DecodeFunction
     sample_rate: int
     segmentation: SegmentationConfig
-    output: TextIO
-    segments: TextIO | None
+    output: str | None  # None: stdout
+    segments: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     utterances = collect_utterances(args.inputs, report_error)
     if not utterances and not failures:
-        _close(setup)
         print(f"{PROGRAM}: error: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
     _rename_duplicates(utterances)
@@ -214,11 +219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a short recording without a frame above silence_db (or shorter than
             # min_speech_seconds), or a long one without speech
             tqdm.write(f"{PROGRAM}: note: {utterance.id}: no speech found; empty text", file=sys.stderr)
-    _write_results(utterances, setup)
+    written = _write_results(utterances, setup)
     # Inputs that never became utterances (a missing path, a bad manifest) count as failed too.
     report = dataclasses.replace(report, num_failed=len(failures))
     print(f"{PROGRAM}: {report.summary()}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failures or not written else 0
 
 
 def _set_up(args: argparse.Namespace) -> _Setup:
@@ -237,15 +242,16 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     if max_segment_seconds is None:
         valid = isinstance(max_utterance_seconds, (int, float)) and max_utterance_seconds > 0
         max_segment_seconds = float(max_utterance_seconds) if valid else DEFAULT_MAX_SEGMENT_SECONDS
-    # Opened now, so that an unwritable path fails before the decoding, not after it.
-    output = _open_for_writing(args.output) if args.output else sys.stdout
-    segments = _open_for_writing(args.segments) if args.segments else None
+    # Checked now, so that an unwritable path fails before the decoding, not after it.
+    for path in (args.output, args.segments):
+        if path:
+            _check_can_write(path)
     return _Setup(
         decode_texts=decode_texts,
         sample_rate=model.config.features.sample_rate,
         segmentation=SegmentationConfig(max_segment_seconds=max_segment_seconds),
-        output=output,
-        segments=segments,
+        output=args.output,
+        segments=args.segments,
     )
 
 
@@ -315,9 +321,9 @@ def _load_language_model(args: argparse.Namespace, model, tokenizer, device: tor
     return language_model.to(device).eval()
 
 
-def _open_for_writing(path: str) -> TextIO:
+def _check_can_write(path: str) -> None:
     try:
-        return open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115 -- closed by _write_results
+        check_can_write(path)
     except OSError as error:
         raise _UsageError(f"{path}: cannot write ({error.strerror})") from None
 
@@ -333,23 +339,55 @@ def _rename_duplicates(utterances: list[Utterance]) -> None:
             utterance.id = new_id
 
 
-def _write_results(utterances: list[Utterance], setup: _Setup) -> None:
-    """Transcripts in input order, failed recordings left out; segment lines in time order."""
+def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
+    """Transcripts in input order, failed recordings left out; segment lines in time order.
+
+    Returns False, after saying why on stderr, when an output could not be written (a full disk):
+    the file is then left as it was, and the transcripts go to stdout instead of a failed --output.
+    """
     done = [utterance for utterance in utterances if utterance.error is None]
-    setup.output.writelines(f"{utterance.id}\t{utterance.text}\n" for utterance in done)
+    lines = [f"{utterance.id}\t{utterance.text}\n" for utterance in done]
+    written = True
     if setup.segments is not None:
-        for utterance in done:
-            for segment, text in zip(utterance.segments, utterance.texts, strict=True):
-                setup.segments.write(f"{utterance.id}\t{segment.start:.2f}\t{segment.end:.2f}\t{text}\n")
-    _close(setup)
+        segment_lines = [
+            f"{utterance.id}\t{segment.start:.2f}\t{segment.end:.2f}\t{text}\n"
+            for utterance in done
+            for segment, text in zip(utterance.segments, utterance.texts, strict=True)
+        ]
+        written = _write_file(setup.segments, segment_lines, "segment times")
+    if setup.output is not None:
+        if _write_file(setup.output, lines, "transcripts", "on stdout"):
+            return written
+        written = False
+    return _write_stdout(lines) and written
 
 
-def _close(setup: _Setup) -> None:
-    setup.output.flush()
-    if setup.output is not sys.stdout:
-        setup.output.close()
-    if setup.segments is not None:
-        setup.segments.close()
+def _write_file(path: str, lines: list[str], what: str, instead: str = "") -> bool:
+    try:
+        with atomic_write(path) as file:
+            file.writelines(lines)
+    except OSError as error:
+        where = f"; the {what} follow {instead}" if instead else ""
+        tqdm.write(
+            f"{PROGRAM}: error: {path}: cannot write the {what} ({error.strerror or error}); "
+            f"the file is as it was{where}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _write_stdout(lines: list[str]) -> bool:
+    try:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `asr-transcribe ... | head`: the reader left, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as error:
+        print(f"{PROGRAM}: error: cannot write to stdout ({error.strerror or error})", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return False
+    return True
 
 
 if __name__ == "__main__":

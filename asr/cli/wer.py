@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from asr.files import atomic_write
 from asr.metrics import (
     ErrorCounts,
     char_errors,
@@ -81,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(kaldi_sentence_summary(word_counts), flush=True)
     except BrokenPipeError:  # `asr-wer ... | head -1`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as error:  # stdout on a full disk
+        print(f"asr-wer: error: cannot write to stdout ({error.strerror or error})", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
 
     if args.details is not None:
         try:
@@ -135,7 +140,7 @@ def _write_details(
 ) -> None:
     # Most errors first; `sorted` is stable, so ties keep reference-file order.
     order = sorted(range(len(utterance_ids)), key=lambda index: -per_utterance[index].num_errors)
-    with open(path, "w", encoding="utf-8") as file:
+    with atomic_write(path) as file:
         for index in order:
             counts = per_utterance[index]
             file.write(

@@ -1,0 +1,66 @@
+"""Output files that appear complete or not at all.
+
+A full disk, a kill or an error halfway through writing must not leave a truncated file where a good
+one was: a transcript file cut short scores as deletions, a truncated checkpoint does not load. Every
+file the toolkit writes for a user (checkpoints, transcripts, evaluation reports) goes through
+`atomic_write`: the data goes to a temporary file in the same folder, is flushed to disk, and is
+renamed over the target only once all of it is there. Until then the target keeps its old content.
+"""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
+    """Open `path` for writing (text: UTF-8 with "\\n" line ends; or `binary`), atomically.
+
+    On leaving the block without an exception the file is flushed, fsync'd and renamed over `path`
+    (and the rename made durable); on any exception the temporary file is removed, `path` is left as
+    it was and the exception propagates (an OSError keeps its errno and strerror, e.g. ENOSPC).
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mode = "wb" if binary else "w"
+        encoding, newline = (None, None) if binary else ("utf-8", "\n")
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+            os.fchmod(file.fileno(), _permissions(path))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a folder
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+
+
+def _permissions(path: Path) -> int:
+    """The mode a plain `open(path, "w")` would give: the old file's, or 0o666 less the umask
+    (mkstemp's own 0o600 would hide a shared experiment's files from its group)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def check_can_write(path: str | os.PathLike) -> None:
+    """Raise OSError now if `path` cannot be written later: its folder is missing or read-only, or
+    it is a folder. Writes nothing that stays."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    with tempfile.TemporaryFile(dir=path.parent):
+        pass
