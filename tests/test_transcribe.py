@@ -212,7 +212,9 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tmp_path, capsys, check
     assert "Traceback" not in err and "2 files" in err and "4 failed" in err
 
 
-def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(tmp_path, capsys, checkpoint, monkeypatch):
+def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(
+    tmp_path, capsys, checkpoint, monkeypatch
+):
     audio = [_write(tmp_path / "one.wav", 0.6, seed=1), _write(tmp_path / "two.wav", 0.8, seed=2)]
     output, segments = tmp_path / "out.txt", tmp_path / "segments.txt"
     status, out, _ = _run(capsys, "--model", checkpoint, *FAST, *audio)
