@@ -43,6 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from asr.files import atomic_write
 from asr.phone_tokenizer import PhoneTokenizer
 from asr.text import normalize_text
 from asr.tokenizer import CharTokenizer
@@ -365,15 +366,16 @@ def read_lexicon(path: str | os.PathLike) -> dict[str, float]:
 
 
 def write_lexicon(weights: dict[str, float], path: str | os.PathLike) -> None:
-    """Most frequent first, written to a temporary file and renamed, so a failure leaves no half file."""
+    """Most frequent first, gzip when the name ends in .gz; whole or not at all (`atomic_write`)."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(temporary, "wt", encoding="utf-8", newline="\n") as file:
-        file.write(LEXICON_HEADER + "\n")
-        for word, weight in sorted(weights.items(), key=lambda item: (-item[1], item[0])):
-            file.write(f"{word}\t{weight:.6g}\n")
-    os.replace(temporary, path)
+    lines = [LEXICON_HEADER + "\n"]
+    lines += [
+        f"{word}\t{weight:.6g}\n"
+        for word, weight in sorted(weights.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    data = "".join(lines).encode("utf-8")
+    with atomic_write(path, binary=True) as file:
+        file.write(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
 
 
 def is_lexicon_file(path: str | os.PathLike) -> bool:
