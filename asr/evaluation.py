@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.decoding import DecodingOptions, Hypothesis, decode, hypothesis_text
+from asr.decoding import DecodingOptions, Hypothesis, acoustic_log_probability, decode, hypothesis_text
 from asr.dehum import HumConfig
 from asr.diagnostics import (
     DEFINITIONS,
@@ -60,6 +60,7 @@ class UtteranceResult:
     word_errors: ErrorCounts
     char_errors: ErrorCounts
     diagnostics: dict[str, float]
+    avg_logprob: float  # `asr.decoding.acoustic_log_probability` per step, over the segments
 
     @property
     def num_words(self) -> int:
@@ -151,8 +152,10 @@ def score_utterances(
     references: dict[str, str],
     tokenizer,
     stuck_steps: int,
+    ctc_weight: float,
 ) -> list[UtteranceResult]:
-    """Texts, error counts and attention diagnostics of every utterance that was decoded."""
+    """Texts, error counts, attention diagnostics and scores of every utterance that was decoded
+    (`ctc_weight`: the search's, for `acoustic_log_probability`)."""
     decoded = [
         (utterance, found)
         for utterance, found in zip(utterances, hypotheses, strict=True)
@@ -167,6 +170,7 @@ def score_utterances(
     ):
         attention = block_diagonal([hypothesis.attention.numpy() for hypothesis in found])
         tokens = [label for h in found for label in [*(tokenizer.symbols[i] for i in h.tokens), EOS_LABEL]]
+        scores = [acoustic_log_probability(h, ctc_weight) for h in found]
         results.append(
             UtteranceResult(
                 id=utterance.id,
@@ -179,6 +183,7 @@ def score_utterances(
                 word_errors=counts,
                 char_errors=char_errors([reference], [text]),
                 diagnostics=utterance_diagnostics([h.attention for h in found], text, reference, stuck_steps),
+                avg_logprob=sum(score for score, _ in scores) / sum(steps for _, steps in scores),
             )
         )
     return results
@@ -284,7 +289,34 @@ def build_summary(
         "wall_seconds": round(report.wall_seconds, 3),
         "real_time_factor": round(report.real_time_factor, 4),
         "buckets": summarise_buckets(results, duration_edges, word_edges),
+        "confidence": summarise_confidence(results),
         "definitions": DEFINITIONS,
+    }
+
+
+def summarise_confidence(results: Sequence[UtteranceResult], groups: int = 4) -> dict:
+    """How well `avg_logprob` tells the utterances with errors: the chance that one with errors
+    scores below one without (the ROC AUC; ties count half; None unless both kinds are present),
+    and the utterances in `groups` equal shares by avg_logprob, lowest first, each summarised."""
+    scores = np.array([result.avg_logprob for result in results], dtype=np.float64)
+    wrong = np.array([result.word_errors.num_errors > 0 for result in results], dtype=bool)
+    auc = None
+    if wrong.any() and not wrong.all():
+        below = scores[wrong][:, None] < scores[~wrong][None, :]
+        ties = scores[wrong][:, None] == scores[~wrong][None, :]
+        auc = round(float(np.mean(below + 0.5 * ties)), 4)
+    shares = [share for share in np.array_split(np.argsort(scores, kind="stable"), groups) if share.size]
+    return {
+        "auc_errors": auc,
+        "groups": [
+            {
+                "low": round(float(scores[share].min()), 4),
+                "high": round(float(scores[share].max()), 4),
+                "utterances": [results[i].id for i in share],
+                **summarise_group([results[i] for i in share]),
+            }
+            for share in shares
+        ],
     }
 
 

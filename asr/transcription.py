@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import lhotse
 import numpy as np
@@ -37,8 +38,17 @@ from asr.segmentation import (
 
 MANIFEST_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
+
 # Texts for a padded batch: waves (B, S) float32 and wave_lens (B,), both on the CPU.
-DecodeFunction = Callable[[torch.Tensor, torch.Tensor], list[str]]
+class Decoded(NamedTuple):
+    """What a `DecodeFunction` returns for one recording or segment."""
+
+    text: str
+    log_probability: float  # `asr.decoding.acoustic_log_probability`: summed over the steps
+    steps: int  # output tokens + eos
+
+
+DecodeFunction = Callable[[torch.Tensor, torch.Tensor], list[Decoded]]
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,7 @@ class Utterance:
     duration: float = 0.0  # seconds, known after `plan_pieces`
     segments: list[Segment] = field(default_factory=list)  # the decoded pieces, in time order
     texts: list[str] = field(default_factory=list)  # one per segment
+    scores: list[tuple[float, int]] = field(default_factory=list)  # per segment: (log-probability, steps)
     # indices of segments found silent (`is_silent`): not decoded, and dropped from `segments` at the end
     silent: set[int] = field(default_factory=set)
     hum: Hum | None = None  # the mains hum removed from it (the first segment's that had one)
@@ -133,6 +144,13 @@ class Utterance:
     @property
     def text(self) -> str:
         return " ".join(text for text in self.texts if text)
+
+    @property
+    def avg_logprob(self) -> float | None:
+        """The acoustic log-probability per step over all decoded segments (Whisper's avg_logprob);
+        None when nothing was decoded (no speech)."""
+        steps = sum(count for _, count in self.scores)
+        return sum(score for score, _ in self.scores) / steps if steps else None
 
 
 @dataclass(frozen=True)
@@ -311,6 +329,7 @@ def transcribe(
     pieces = plan_pieces(utterances, segmentation, on_error)
     for utterance in utterances:
         utterance.texts = [""] * len(utterance.segments)
+        utterance.scores = [(0.0, 0)] * len(utterance.segments)  # a silent segment has no steps
     # tqdm's disable=None means "disable unless the stream is a terminal".
     disable = None if progress is None else not progress
     total_seconds = sum(piece.duration for piece in pieces)
@@ -323,6 +342,7 @@ def transcribe(
             kept = [i for i in range(len(utterance.segments)) if i not in utterance.silent]
             utterance.segments = [utterance.segments[i] for i in kept]
             utterance.texts = [utterance.texts[i] for i in kept]
+            utterance.scores = [utterance.scores[i] for i in kept]
     done = [utterance for utterance in utterances if utterance.error is None]
     return Report(
         num_files=len(done),
@@ -333,13 +353,17 @@ def transcribe(
 
 
 def model_decoder(model, tokenizer, options, language_model=None, device="cpu") -> DecodeFunction:
-    """A `DecodeFunction` that runs `asr.decoding.decode` on `device` and detokenises."""
-    from asr.decoding import decode, hypothesis_text  # the search, imported where it is used
+    """A `DecodeFunction` that runs `asr.decoding.decode` on `device`, detokenises and scores."""
+    # the search, imported where it is used
+    from asr.decoding import acoustic_log_probability, decode, hypothesis_text
 
-    def decode_texts(waves: torch.Tensor, wave_lens: torch.Tensor) -> list[str]:
+    def decode_texts(waves: torch.Tensor, wave_lens: torch.Tensor) -> list[Decoded]:
         with torch.inference_mode():
             hypotheses = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
-        return [hypothesis_text(hypothesis, tokenizer) for hypothesis in hypotheses]
+        return [
+            Decoded(hypothesis_text(h, tokenizer), *acoustic_log_probability(h, options.ctc_weight))
+            for h in hypotheses
+        ]
 
     return decode_texts
 
@@ -407,10 +431,10 @@ def _decode_batch(
         rows = torch.tensor(heard)
         wave_lens = wave_lens.index_select(0, rows)
         padded = padded.index_select(0, rows)[:, : int(wave_lens.max())]
-    texts = decode_texts(padded, wave_lens)
-    for row, text in zip(heard, texts, strict=True):
+    for row, decoded in zip(heard, decode_texts(padded, wave_lens), strict=True):
         piece = loaded[row]
-        utterances[piece.utterance].texts[piece.index] = text
+        utterances[piece.utterance].texts[piece.index] = decoded.text
+        utterances[piece.utterance].scores[piece.index] = (decoded.log_probability, decoded.steps)
 
 
 def _manifest_cuts(path: Path) -> list:

@@ -157,6 +157,32 @@ def test_errors_are_listed_worst_first_with_alignments(report):
     assert all("\nREF:" in block and "\nHYP:" in block and "\nattention: " in block for block in blocks)
 
 
+def test_confidence_groups_cover_every_utterance_and_the_auc_matches_errors_txt(report):
+    confidence = json.loads((report / "summary.json").read_text())["confidence"]
+    scores, wrong = {}, {}
+    for block in (report / "errors.txt").read_text().strip().split("\n\n"):
+        fields = dict(item.split("=", 1) for item in block.split("\n")[0].split()[1:])
+        utterance = block.split()[0]
+        scores[utterance], wrong[utterance] = float(fields["avg_logprob"]), int(fields["errors"]) > 0
+    assert all(score < 0 for score in scores.values())
+    groups = confidence["groups"]
+    members = [utterance for group in groups for utterance in group["utterances"]]
+    assert sorted(members) == sorted(scores) and len(groups) == 4  # 7 utterances: 2, 2, 2, 1
+    ordered = [scores[utterance] for utterance in members]
+    assert ordered == sorted(ordered)  # lowest first
+    for group in groups:
+        assert group["low"] == pytest.approx(min(scores[u] for u in group["utterances"]), abs=1e-4)
+        assert group["num_utterances"] == len(group["utterances"])
+    bad = [scores[u] for u in scores if wrong[u]]
+    good = [scores[u] for u in scores if not wrong[u]]
+    if bad and good:
+        pairs = [(b < g) + 0.5 * (b == g) for b in bad for g in good]
+        assert confidence["auc_errors"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-3)
+    else:
+        assert confidence["auc_errors"] is None
+    assert "## WER by confidence" in (report / "report.md").read_text()
+
+
 def test_a_manifest_needs_no_reference_file_and_scores_the_same(tmp_path, capsys, checkpoint, corpus, report):
     folder, _ = corpus
     status, out, err = _run(capsys, *FAST, "--model", checkpoint, "--out", tmp_path, folder / "cuts.jsonl.gz")

@@ -12,7 +12,7 @@ import torch
 
 from asr.checkpoint import load_model, model_state, save_checkpoint
 from asr.cli.transcribe import main
-from asr.decoding import DecodingOptions
+from asr.decoding import DecodingOptions, decode
 from asr.features import FeatureConfig
 from asr.model import LAS, AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from asr.segmentation import SegmentationConfig
@@ -210,6 +210,26 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tmp_path, capsys, check
     for path, problem in zip(bad, ["empty", "not", "NaN", "no such file"], strict=True):
         assert any(str(path) in line and problem in line for line in error_lines), (path, err)
     assert "Traceback" not in err and "2 files" in err and "4 failed" in err
+
+
+def test_scores_are_the_searchs_acoustic_log_probability_per_step(tmp_path, capsys, checkpoint):
+    speech = [_write(tmp_path / "one.wav", 0.6, seed=1), _write(tmp_path / "two.wav", 1.1, seed=2)]
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(MODEL_RATE), MODEL_RATE)
+    scores = tmp_path / "scores.tsv"
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, "--scores", scores, *speech, silent)
+    assert status == 0, err
+    rows = _lines(scores.read_text())
+    assert [row[0] for row in rows] == ["one", "two", "silent"] == [row[0] for row in _lines(out)]
+    assert rows[2][1] == ""  # nothing decoded, no score
+    model, _ = load_model(checkpoint)
+    options = DecodingOptions(beam_size=2, ctc_weight=0.3)
+    for row, path in zip(rows, speech, strict=False):
+        wave = torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None]
+        [hypothesis] = decode(model, wave, torch.tensor([wave.shape[1]]), options)
+        attention, ctc = hypothesis.attention_score, hypothesis.ctc_score
+        expected = (0.7 * attention + 0.3 * ctc) / (len(hypothesis.tokens) + 1)
+        assert float(row[1]) == pytest.approx(expected, abs=1e-4) and float(row[1]) < 0
 
 
 def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(
@@ -441,3 +461,10 @@ def test_installed_command_runs_from_any_folder(tmp_path, checkpoint):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("clip\t")
+
+
+def test_a_segmented_recordings_score_weighs_its_segments_by_steps():
+    utterance = Utterance("long", FileAudio(Path("long.wav")))
+    assert utterance.avg_logprob is None  # nothing decoded
+    utterance.scores = [(-1.0, 4), (0.0, 0), (-3.0, 2)]  # the middle segment was silent
+    assert utterance.avg_logprob == pytest.approx(-4.0 / 6)

@@ -233,7 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = dataclasses.replace(report, num_failed=len(failures))
     print(f"{PROGRAM}: {report.summary()}", file=sys.stderr)
     results = score_utterances(
-        setup.utterances, hypotheses, setup.references, setup.tokenizer, args.stuck_steps
+        setup.utterances,
+        hypotheses,
+        setup.references,
+        setup.tokenizer,
+        args.stuck_steps,
+        setup.options.ctc_weight,
     )
     if not results:
         print(f"{PROGRAM}: error: no recording could be decoded; no report written", file=sys.stderr)
@@ -362,7 +367,8 @@ def _write_report(
             file.write(
                 f"{result.id} errors={counts.num_errors} words={counts.num_reference} "
                 f"sub={counts.substitutions} del={counts.deletions} ins={counts.insertions} "
-                f"seconds={result.duration:.2f} ended_by={','.join(result.ended_by)} "
+                f"seconds={result.duration:.2f} avg_logprob={result.avg_logprob:.4f} "
+                f"ended_by={','.join(result.ended_by)} "
                 f"flags={','.join(flags) or '-'}\nattention: {values}\n"
                 f"{utterance_alignment(result.reference, result.hypothesis)}\n\n"
             )
@@ -402,7 +408,8 @@ def _render_markdown(summary: dict) -> str:
     for name, title in (("duration", "duration"), ("words", "number of reference words")):
         rows = [[bucket["label"], *_rate_row(bucket)] for bucket in summary["buckets"][name]]
         lines += ["", f"## WER by {title}", "", _table(["bucket", *_RATE_COLUMNS], rows)]
-    lines += ["", "![WER against length](wer_by_length.png)", "", "## Attention diagnostics", ""]
+    lines += ["", "![WER against length](wer_by_length.png)", *_confidence_section(summary["confidence"])]
+    lines += ["", "## Attention diagnostics", ""]
     keys = list(summary["diagnostics"])
     rows = [["all", *summary["diagnostics"].values()]]
     for name in ("duration", "words"):
@@ -427,6 +434,30 @@ def _render_markdown(summary: dict) -> str:
         lines += [f"### {kind}: `{plot['utterance']}`", "", f"![{kind}]({plot['file']})", ""]
     lines += ["Per-utterance alignments and diagnostics, worst first: `errors.txt`."]
     return "\n".join(lines) + "\n"
+
+
+def _confidence_section(confidence: dict) -> list[str]:
+    """report.md's lines on avg_logprob: WER by its quartiles, and how well it finds the errors."""
+    rows = [
+        [f"{group['low']:.3f} to {group['high']:.3f}", *_rate_row(group)] for group in confidence["groups"]
+    ]
+    auc = confidence["auc_errors"]
+    found = (
+        f"An utterance with errors scores below one without in {100 * auc:.0f} % of pairs "
+        f"(ROC AUC {auc:.3f})."
+        if auc is not None
+        else "Every utterance is right, or every one wrong: no ranking to measure."
+    )
+    return [
+        "",
+        "## WER by confidence",
+        "",
+        "avg_logprob: the acoustic model's log-probability per output token, (1 - w) attention + w CTC "
+        "with the search's CTC weight, eos counted, without the LM (`asr-transcribe --scores`). "
+        "Utterances in four equal shares, lowest first. " + found,
+        "",
+        _table(["avg_logprob", *_RATE_COLUMNS], rows),
+    ]
 
 
 _RATE_COLUMNS = ["utterances", "words", "audio (s)", "WER %", "CER %", "SER %", "sub", "del", "ins"]

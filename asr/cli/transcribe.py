@@ -71,6 +71,7 @@ class _Setup:
     segmentation: SegmentationConfig
     output: str | None  # None: stdout
     segments: str | None
+    scores: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="also write 'utt_id<TAB>start<TAB>end<TAB>text' per decoded segment, in seconds (default: none)",
+    )
+    parser.add_argument(
+        "--scores",
+        default=None,
+        metavar="FILE",
+        help="also write 'utt_id<TAB>avg_logprob' per recording: the acoustic model's log-probability "
+        "per output token ((1 - w) attention + w CTC, eos counted; no LM), empty without speech; the "
+        "lowest are the likeliest to hold errors (default: none)",
     )
     parser.add_argument(
         "--keep-hum",
@@ -243,7 +252,7 @@ def _set_up(args: argparse.Namespace) -> _Setup:
         valid = isinstance(max_utterance_seconds, (int, float)) and max_utterance_seconds > 0
         max_segment_seconds = float(max_utterance_seconds) if valid else DEFAULT_MAX_SEGMENT_SECONDS
     # Checked now, so that an unwritable path fails before the decoding, not after it.
-    for path in (args.output, args.segments):
+    for path in (args.output, args.segments, args.scores):
         if path:
             _check_can_write(path)
     return _Setup(
@@ -252,6 +261,7 @@ def _set_up(args: argparse.Namespace) -> _Setup:
         segmentation=SegmentationConfig(max_segment_seconds=max_segment_seconds),
         output=args.output,
         segments=args.segments,
+        scores=args.scores,
     )
 
 
@@ -355,11 +365,18 @@ def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
             for segment, text in zip(utterance.segments, utterance.texts, strict=True)
         ]
         written = _write_file(setup.segments, segment_lines, "segment times")
+    if setup.scores is not None:
+        score_lines = [f"{utterance.id}\t{_format_score(utterance.avg_logprob)}\n" for utterance in done]
+        written = _write_file(setup.scores, score_lines, "scores") and written
     if setup.output is not None:
         if _write_file(setup.output, lines, "transcripts", "on stdout"):
             return written
         written = False
     return _write_stdout(lines) and written
+
+
+def _format_score(avg_logprob: float | None) -> str:
+    return "" if avg_logprob is None else f"{avg_logprob:.4f}"
 
 
 def _write_file(path: str, lines: list[str], what: str, instead: str = "") -> bool:
