@@ -232,6 +232,29 @@ def test_scores_are_the_searchs_acoustic_log_probability_per_step(tmp_path, caps
         assert float(row[1]) == pytest.approx(expected, abs=1e-4) and float(row[1]) < 0
 
 
+def test_min_avg_logprob_empties_the_texts_scored_below_it(tmp_path, capsys, checkpoint):
+    audio = [
+        _write(tmp_path / f"{name}.wav", 0.6 + 0.2 * seed, seed=seed) for seed, name in enumerate("abcd")
+    ]
+    scores = tmp_path / "scores.tsv"
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, "--scores", scores, *audio)
+    assert status == 0, err
+    texts, values = dict(_lines(out)), {key: float(value) for key, value in _lines(scores.read_text())}
+    assert all(texts.values()), texts  # the random model names something for every file
+    ranked = sorted(values, key=values.get)
+    threshold = (values[ranked[1]] + values[ranked[2]]) / 2  # the two lowest fall below it
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--min-avg-logprob", threshold, "--scores", scores, *audio
+    )
+    assert status == 0, err
+    kept = dict(_lines(out))
+    assert {key for key, text in kept.items() if not text} == set(ranked[:2])
+    assert all(kept[key] == texts[key] for key in ranked[2:])
+    notes = [line for line in err.splitlines() if "--min-avg-logprob" in line]
+    assert sorted(line.split(":")[2].strip() for line in notes) == sorted(ranked[:2])
+    assert {key: float(value) for key, value in _lines(scores.read_text())} == values  # still scored
+
+
 def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(
     tmp_path, capsys, checkpoint, monkeypatch
 ):

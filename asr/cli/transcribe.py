@@ -143,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
         "lowest are the likeliest to hold errors (default: none)",
     )
     parser.add_argument(
+        "--min-avg-logprob",
+        type=float,
+        default=None,
+        metavar="X",
+        help="leave a recording's (or segment's) text empty, with a note, when its avg_logprob (see "
+        "--scores) is below X: drops what the model makes of noise, tones or music, and some real speech "
+        "with it; choose X from --scores on your own recordings (default: keep every text)",
+    )
+    parser.add_argument(
         "--keep-hum",
         action="store_true",
         help="decode the audio as it is; by default a steady 50 or 60 Hz mains hum and its harmonics "
@@ -220,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_error=report_error,
         hum=None if args.keep_hum else HumConfig(),
     )
+    if args.min_avg_logprob is not None:
+        _empty_unsure_texts(utterances, args.min_avg_logprob)
     for utterance in utterances:
         if utterance.hum is not None:  # the audio decoded is not the file's: say so
             tqdm.write(f"{PROGRAM}: note: {utterance.id}: {utterance.hum.describe()}", file=sys.stderr)
@@ -329,6 +340,30 @@ def _load_language_model(args: argparse.Namespace, model, tokenizer, device: tor
             "asr-train-lm tokenizer_from=<this model's checkpoint>"
         )
     return language_model.to(device).eval()
+
+
+def _empty_unsure_texts(utterances: list[Utterance], threshold: float) -> None:
+    """Empty every segment's text whose avg_logprob is below `threshold`, with a note per recording."""
+    for utterance in utterances:
+        unsure = [
+            index
+            for index, (score, steps) in enumerate(utterance.scores)
+            if steps and score / steps < threshold and utterance.texts[index]
+        ]
+        for index in unsure:
+            utterance.texts[index] = ""
+        if not unsure:
+            continue
+        lowest = min(utterance.scores[index][0] / utterance.scores[index][1] for index in unsure)
+        if len(utterance.texts) > 1:
+            what = f"{len(unsure)} of its {len(utterance.texts)} segments scored below"
+            outcome = f"(lowest {lowest:.3f}); their text left out"
+        else:
+            what, outcome = f"avg_logprob {lowest:.3f} below", "(empty text)"
+        tqdm.write(
+            f"{PROGRAM}: note: {utterance.id}: {what} --min-avg-logprob {threshold:g} {outcome}",
+            file=sys.stderr,
+        )
 
 
 def _check_can_write(path: str) -> None:
