@@ -7,7 +7,7 @@ stderr and the others are still written) or the output could not be written, 2 f
 the arguments, the model or the language model. The checkpoint is all it needs: no config files,
 from any folder.
 
---output and --segments files appear whole or not at all (`asr.files.atomic_write`): a full disk or
+--output, --segments and --scores files appear whole or not at all (`asr.files.atomic_write`): a full disk or
 an interrupted run leaves an existing file as it was. When --output cannot be written, the
 transcripts go to stdout instead, so that a long decoding is not lost.
 """
