@@ -15,6 +15,7 @@ model is exact under padding and the pieces are reassembled by position, not by 
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,7 @@ class Utterance:
     silent: set[int] = field(default_factory=set)
     hum: Hum | None = None  # the mains hum removed from it (the first segment's that had one)
     error: str | None = None  # why it failed; None while it has not
+    finished: bool = False  # every segment decoded (or found silent): its text is final
 
     @property
     def text(self) -> str:
@@ -327,15 +329,20 @@ def transcribe(
     """
     start = time.perf_counter()
     pieces = plan_pieces(utterances, segmentation, on_error)
-    for utterance in utterances:
+    remaining = Counter(piece.utterance for piece in pieces)  # pieces still to decode, per utterance
+    for index, utterance in enumerate(utterances):
         utterance.texts = [""] * len(utterance.segments)
         utterance.scores = [(0.0, 0)] * len(utterance.segments)  # a silent segment has no steps
+        utterance.finished = utterance.error is None and not remaining[index]  # no speech: nothing to do
     # tqdm's disable=None means "disable unless the stream is a terminal".
     disable = None if progress is None else not progress
     total_seconds = sum(piece.duration for piece in pieces)
     with tqdm(total=total_seconds, unit="s", desc="audio", file=sys.stderr, disable=disable) as bar:
         for batch in make_batches(pieces, batch_size, max_batch_seconds):
             _decode_batch(batch, utterances, decode_texts, sample_rate, on_error, segmentation, hum)
+            for piece in batch:  # an interrupted run can still write the finished ones
+                remaining[piece.utterance] -= 1
+                utterances[piece.utterance].finished = remaining[piece.utterance] == 0
             bar.update(sum(piece.duration for piece in batch))
     for utterance in utterances:  # a silent recording has no speech, so no segment (as a long one's pauses)
         if utterance.silent:

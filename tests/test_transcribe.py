@@ -10,6 +10,7 @@ import pytest
 import soundfile
 import torch
 
+import asr.cli.transcribe as transcribe_cli
 from asr.checkpoint import load_model, model_state, save_checkpoint
 from asr.cli.transcribe import main
 from asr.decoding import DecodingOptions, decode
@@ -253,6 +254,49 @@ def test_min_avg_logprob_empties_the_texts_scored_below_it(tmp_path, capsys, che
     notes = [line for line in err.splitlines() if "--min-avg-logprob" in line]
     assert sorted(line.split(":")[2].strip() for line in notes) == sorted(ranked[:2])
     assert {key: float(value) for key, value in _lines(scores.read_text())} == values  # still scored
+
+
+def test_an_interrupted_run_keeps_what_it_finished_apart(tmp_path, capsys, checkpoint, monkeypatch):
+    # 1.4 s, 1.0 s and 0.6 s: one a batch, longest first; Ctrl-C while the second is decoded
+    audio = [
+        _write(tmp_path / f"{name}.wav", seconds, seed=seed)
+        for seed, (name, seconds) in enumerate([("short", 0.6), ("long", 1.4), ("middle", 1.0)])
+    ]
+    status, complete, _ = _run(capsys, "--model", checkpoint, *FAST, *audio)
+    assert status == 0
+    real_decoder, calls = transcribe_cli.model_decoder, []
+
+    def decoder_interrupted_on_second_batch(*args, **kwargs):
+        decode = real_decoder(*args, **kwargs)
+
+        def decode_texts(waves, wave_lens):
+            calls.append(len(waves))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return decode(waves, wave_lens)
+
+        return decode_texts
+
+    monkeypatch.setattr(transcribe_cli, "model_decoder", decoder_interrupted_on_second_batch)
+    output = tmp_path / "out.txt"
+    output.write_text("an earlier run\n")
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--batch-size", 1, "--output", output, *audio
+    )
+    assert status == 130 and out == "" and "Traceback" not in err
+    assert output.read_text() == "an earlier run\n"
+    expected = [row for row in _lines(complete) if row[0] == "long"]  # the first batch: the longest
+    assert _lines((tmp_path / "out.txt.partial").read_text()) == expected
+    assert f"interrupted; the 1 of 3 recordings transcribed so far are in {output}.partial" in err
+    calls.clear()
+    status, out, err = _run(capsys, "--model", checkpoint, *FAST, "--batch-size", 1, *audio)
+    assert status == 130 and _lines(out) == expected and "written above" in err
+    calls[:] = ["a batch before"]  # interrupted in the first batch: nothing finished, nothing written
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--batch-size", 1, "--output", output, *audio
+    )
+    assert status == 130 and out == "" and "before any recording was transcribed; nothing written" in err
+    assert output.read_text() == "an earlier run\n"
 
 
 def test_a_full_disk_keeps_the_old_output_and_prints_the_transcripts(

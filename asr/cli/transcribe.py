@@ -4,8 +4,9 @@ Writes "utt_id<TAB>text" lines in input order to --output or stdout; everything 
 warnings, the progress bar and the closing summary with the real-time factor) goes to stderr.
 Exit status: 0 when every recording was transcribed, 1 when some failed (each one is named on
 stderr and the others are still written) or the output could not be written, 2 for a problem with
-the arguments, the model or the language model. The checkpoint is all it needs: no config files,
-from any folder.
+the arguments, the model or the language model, 130 when interrupted (Ctrl-C: the transcripts
+finished so far go to OUTPUT.partial, or to stdout without --output). The checkpoint is all it
+needs: no config files, from any folder.
 
 --output, --segments and --scores files appear whole or not at all (`asr.files.atomic_write`): a full disk or
 an interrupted run leaves an existing file as it was. When --output cannot be written, the
@@ -199,25 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `asr-transcribe`; returns the exit status (0 all transcribed, 1 some failed, 2 bad usage)."""
+    """Run `asr-transcribe`; returns the exit status (0 all transcribed, 1 some failed, 2 bad usage,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # batches reuse their memory instead of faulting it in again (asr/allocator.py)
+    utterances: list[Utterance] = []  # filled in place, so that Ctrl-C can keep the finished ones
+    setup = None
     try:
         setup = _set_up(args)
+        return _transcribe_all(args, setup, utterances)
     except _UsageError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted(utterances, setup)
 
+
+def _transcribe_all(args: argparse.Namespace, setup: _Setup, utterances: list[Utterance]) -> int:
+    """Find, decode and write every recording; `utterances` receives them as they are found."""
     failures: list[str] = []
 
     def report_error(message: str) -> None:
         failures.append(message)
         tqdm.write(f"{PROGRAM}: error: {message}", file=sys.stderr)  # keeps a progress bar intact
 
-    utterances = collect_utterances(args.inputs, report_error)
+    utterances.extend(collect_utterances(args.inputs, report_error))
     if not utterances and not failures:
-        print(f"{PROGRAM}: error: no audio files found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 2
+        raise _UsageError(f"no audio files found in {' '.join(args.inputs)}")
     _rename_duplicates(utterances)
     report = transcribe(
         utterances,
@@ -412,6 +421,32 @@ def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
 
 def _format_score(avg_logprob: float | None) -> str:
     return "" if avg_logprob is None else f"{avg_logprob:.4f}"
+
+
+def _interrupted(utterances: list[Utterance], setup: _Setup | None) -> int:
+    """Ctrl-C while decoding: keep what is finished, where it cannot pass for a complete run.
+
+    The transcripts of the recordings finished so far (duration-sorted batches: not a prefix of the
+    inputs) go to OUTPUT.partial, or to stdout without --output; --output itself is left as it was.
+    Exit status 130, as for any program stopped by SIGINT.
+    """
+    done = [utterance for utterance in utterances if utterance.finished and utterance.error is None]
+    if setup is None or not done:
+        print(
+            f"{PROGRAM}: interrupted before any recording was transcribed; nothing written", file=sys.stderr
+        )
+        return 130
+    lines = [f"{utterance.id}\t{utterance.text}\n" for utterance in done]
+    count = f"the {len(done)} of {len(utterances)} recordings transcribed so far"
+    if setup.output is None:
+        if _write_stdout(lines):
+            print(f"{PROGRAM}: interrupted; {count} are written above", file=sys.stderr)
+    elif _write_file(f"{setup.output}.partial", lines, "transcripts so far"):
+        print(
+            f"{PROGRAM}: interrupted; {count} are in {setup.output}.partial ({setup.output} is as it was)",
+            file=sys.stderr,
+        )
+    return 130
 
 
 def _write_file(path: str, lines: list[str], what: str, instead: str = "") -> bool:
