@@ -199,9 +199,18 @@ class _Setup:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `asr-evaluate`; returns the exit status (0 all scored, 1 some failed, 2 bad usage)."""
+    """Run `asr-evaluate`; returns the exit status (0 all scored, 1 some failed, 2 bad usage,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # batches reuse their memory instead of faulting it in again (asr/allocator.py)
+    try:
+        return _evaluate(args)
+    except KeyboardInterrupt:  # every report file is whole (atomic_write): this run's or an earlier one's
+        print(f"{PROGRAM}: interrupted; the report is not (completely) written", file=sys.stderr)
+        return 130
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     failures: list[str] = []
 
     def report_error(message: str) -> None:
