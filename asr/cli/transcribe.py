@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="X",
         help="leave a recording's (or segment's) text empty, with a note, when its avg_logprob (see "
-        "--scores) is below X: drops what the model makes of noise, tones or music, and some real speech "
+        "--scores) is below X: drops what the model makes of noise or a tone, and some real speech "
         "with it; choose X from --scores on your own recordings (default: keep every text)",
     )
     parser.add_argument(
