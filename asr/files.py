@@ -5,10 +5,13 @@ one was: a transcript file cut short scores as deletions, a truncated checkpoint
 file the toolkit writes for a user (checkpoints, transcripts, evaluation reports) goes through
 `atomic_write`: the data goes to a temporary file in the same folder, is flushed to disk, and is
 renamed over the target only once all of it is there. Until then the target keeps its old content.
+A device, a pipe or a terminal (`--output /dev/stdout`, a FIFO) has nothing to replace and is
+written in place; a symbolic link keeps pointing where it did, and its target is replaced.
 """
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +26,15 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
     (and the rename made durable); on any exception the temporary file is removed, `path` is left as
     it was and the exception propagates (an OSError keeps its errno and strerror, e.g. ENOSPC).
     """
-    path = Path(path)
+    mode = "wb" if binary else "w"
+    encoding, newline = (None, None) if binary else ("utf-8", "\n")
+    if _not_a_file(path):
+        with open(path, mode, encoding=encoding, newline=newline) as file:
+            yield file
+        return
+    path = Path(os.path.realpath(path))
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        mode = "wb" if binary else "w"
-        encoding, newline = (None, None) if binary else ("utf-8", "\n")
         with os.fdopen(handle, mode, encoding=encoding, newline=newline) as file:
             yield file
             file.flush()
@@ -43,6 +50,17 @@ def atomic_write(path: str | os.PathLike, binary: bool = False) -> Iterator[IO]:
             os.fsync(directory)  # make the rename itself durable
         finally:
             os.close(directory)
+
+
+def _not_a_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a device, pipe or terminal, or a name of an open file such as /dev/stdout
+    (under /dev or /proc: replacing the file it names would cut a shell's redirection off)."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # not there yet (or not reachable: the temporary file will say why)
+        return False
 
 
 def _permissions(path: Path) -> int:
@@ -62,5 +80,9 @@ def check_can_write(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(21, "Is a directory", str(path))
-    with tempfile.TemporaryFile(dir=path.parent):
+    if _not_a_file(path):
+        if not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(path))
+        return
+    with tempfile.TemporaryFile(dir=Path(os.path.realpath(path)).parent):
         pass

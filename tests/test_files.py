@@ -63,3 +63,20 @@ def test_check_can_write_fails_early_and_writes_nothing(tmp_path):
         check_can_write(tmp_path / "no" / "folder" / "out.txt")
     with pytest.raises(IsADirectoryError):
         check_can_write(tmp_path)
+
+
+def test_a_link_keeps_pointing_at_its_target_which_is_replaced(tmp_path):
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    target.write_text("old\n")
+    link.symlink_to(target)
+    with atomic_write(link) as file:
+        file.write("new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_a_device_is_written_in_place_and_never_replaced():
+    check_can_write("/dev/null")
+    with atomic_write("/dev/null") as file:  # as `--output /dev/stdout` is: no file to swap in
+        file.write("discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
