@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from asr.alignment import WordTime, ctc_frame_seconds, word_times
 from asr.audio import AudioError, audio_info, find_audio_files, limit_peak, load_audio
 from asr.dehum import Hum, HumConfig, remove_mains_hum
 from asr.segmentation import (
@@ -47,6 +48,9 @@ class Decoded(NamedTuple):
     text: str
     log_probability: float  # `asr.decoding.acoustic_log_probability`: summed over the steps
     steps: int  # output tokens + eos
+    words: list[WordTime] | None = (
+        None  # `asr.alignment.word_times`, from the piece's start; None: not asked or not aligned
+    )
 
 
 DecodeFunction = Callable[[torch.Tensor, torch.Tensor], list[Decoded]]
@@ -137,6 +141,7 @@ class Utterance:
     segments: list[Segment] = field(default_factory=list)  # the decoded pieces, in time order
     texts: list[str] = field(default_factory=list)  # one per segment
     scores: list[tuple[float, int]] = field(default_factory=list)  # per segment: (log-probability, steps)
+    words: list[list[WordTime] | None] = field(default_factory=list)  # per segment, in recording time
     # indices of segments found silent (`is_silent`): not decoded, and dropped from `segments` at the end
     silent: set[int] = field(default_factory=set)
     hum: Hum | None = None  # the mains hum removed from it (the first segment's that had one)
@@ -333,6 +338,7 @@ def transcribe(
     for index, utterance in enumerate(utterances):
         utterance.texts = [""] * len(utterance.segments)
         utterance.scores = [(0.0, 0)] * len(utterance.segments)  # a silent segment has no steps
+        utterance.words = [[] for _ in utterance.segments]
         utterance.finished = utterance.error is None and not remaining[index]  # no speech: nothing to do
     # tqdm's disable=None means "disable unless the stream is a terminal".
     disable = None if progress is None else not progress
@@ -350,6 +356,7 @@ def transcribe(
             utterance.segments = [utterance.segments[i] for i in kept]
             utterance.texts = [utterance.texts[i] for i in kept]
             utterance.scores = [utterance.scores[i] for i in kept]
+            utterance.words = [utterance.words[i] for i in kept]
     done = [utterance for utterance in utterances if utterance.error is None]
     return Report(
         num_files=len(done),
@@ -359,18 +366,34 @@ def transcribe(
     )
 
 
-def model_decoder(model, tokenizer, options, language_model=None, device="cpu") -> DecodeFunction:
-    """A `DecodeFunction` that runs `asr.decoding.decode` on `device`, detokenises and scores."""
+def model_decoder(
+    model, tokenizer, options, language_model=None, device="cpu", with_word_times: bool = False
+) -> DecodeFunction:
+    """A `DecodeFunction` that runs the search on `device`, detokenises and scores; `with_word_times`:
+    and aligns each result's words to the CTC frames (`asr.alignment`; character and sentencepiece
+    models, and not where a word LM spelled the words)."""
     # the search, imported where it is used
-    from asr.decoding import acoustic_log_probability, decode, hypothesis_text
+    from asr.decoding import acoustic_log_probability, hypothesis_text, search
+
+    frame_seconds = ctc_frame_seconds(model)
 
     def decode_texts(waves: torch.Tensor, wave_lens: torch.Tensor) -> list[Decoded]:
         with torch.inference_mode():
-            hypotheses = decode(model, waves.to(device), wave_lens.to(device), options, lm=language_model)
-        return [
-            Decoded(hypothesis_text(h, tokenizer), *acoustic_log_probability(h, options.ctc_weight))
-            for h in hypotheses
-        ]
+            encoded = model.encode(waves.to(device), wave_lens.to(device))
+            hypotheses = [nbest[0] for nbest in search(model, encoded, options, language_model)]
+            log_probs = model.ctc_log_probs(encoded) if with_word_times else None
+        results = []
+        for row, h in enumerate(hypotheses):
+            words = None
+            if log_probs is not None and h.text is None:  # h.text: spelled by a word LM
+                frames = int(encoded.ctc_lengths[row])
+                words = word_times(log_probs[row, :frames], h.tokens, tokenizer, frame_seconds)
+            results.append(
+                Decoded(
+                    hypothesis_text(h, tokenizer), *acoustic_log_probability(h, options.ctc_weight), words
+                )
+            )
+        return results
 
     return decode_texts
 
@@ -442,6 +465,12 @@ def _decode_batch(
         piece = loaded[row]
         utterances[piece.utterance].texts[piece.index] = decoded.text
         utterances[piece.utterance].scores[piece.index] = (decoded.log_probability, decoded.steps)
+        offset = piece.segment.start if piece.segment is not None else 0.0
+        utterances[piece.utterance].words[piece.index] = (
+            None
+            if decoded.words is None
+            else [WordTime(w.word, w.start + offset, w.end + offset) for w in decoded.words]
+        )
 
 
 def _manifest_cuts(path: Path) -> list:

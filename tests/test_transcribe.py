@@ -233,6 +233,28 @@ def test_scores_are_the_searchs_acoustic_log_probability_per_step(tmp_path, caps
         assert float(row[1]) == pytest.approx(expected, abs=1e-4) and float(row[1]) < 0
 
 
+def test_words_are_the_transcripts_words_in_time_order_within_the_recording(tmp_path, capsys, checkpoint):
+    audio = [_write(tmp_path / "one.wav", 1.0, seed=1), _write(tmp_path / "two.wav", 2.5, seed=2)]
+    words = tmp_path / "words.tsv"
+    status, out, err = _run(
+        capsys, "--model", checkpoint, *FAST, "--words", words, "--max-segment-seconds", 1.5, *audio
+    )
+    assert status == 0, err
+    rows = _lines(words.read_text())
+    for utterance_id, text in _lines(out):
+        mine = [row for row in rows if row[0] == utterance_id]
+        assert [row[3] for row in mine] == text.split()  # every word, once, in order
+        times = [(float(row[1]), float(row[2])) for row in mine]
+        assert all(0 <= start < end <= 2.5 + 1e-6 for start, end in times)
+        assert all(
+            end <= next_start + 1e-6 for (_, end), (next_start, _) in zip(times, times[1:], strict=False)
+        )
+    assert {row[0] for row in rows} == {"one", "two"}
+    assert (
+        max(float(row[2]) for row in rows if row[0] == "two") > 1.5
+    )  # a later segment's, offset by its start
+
+
 def test_min_avg_logprob_empties_the_texts_scored_below_it(tmp_path, capsys, checkpoint):
     audio = [
         _write(tmp_path / f"{name}.wav", 0.6 + 0.2 * seed, seed=seed) for seed, name in enumerate("abcd")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from asr.alignment import supports_word_times
 from asr.allocator import keep_freed_memory
 from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
@@ -73,6 +74,7 @@ class _Setup:
     output: str | None  # None: stdout
     segments: str | None
     scores: str | None
+    words: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write 'utt_id<TAB>avg_logprob' per recording: the acoustic model's log-probability "
         "per output token ((1 - w) attention + w CTC, eos counted; no LM), empty without speech; the "
         "lowest are the likeliest to hold errors (default: none)",
+    )
+    parser.add_argument(
+        "--words",
+        default=None,
+        metavar="FILE",
+        help="also write 'utt_id<TAB>start<TAB>end<TAB>word' per word, in seconds: the words "
+        "force-aligned to the CTC head's frames (40 ms for the recipes' models; character and "
+        "sentencepiece models) (default: none)",
     )
     parser.add_argument(
         "--min-avg-logprob",
@@ -243,6 +253,12 @@ def _transcribe_all(args: argparse.Namespace, setup: _Setup, utterances: list[Ut
     for utterance in utterances:
         if utterance.hum is not None:  # the audio decoded is not the file's: say so
             tqdm.write(f"{PROGRAM}: note: {utterance.id}: {utterance.hum.describe()}", file=sys.stderr)
+    for utterance in utterances:
+        if args.words and any(words is None for words in utterance.words):
+            tqdm.write(
+                f"{PROGRAM}: note: {utterance.id}: words without times (could not be aligned)",
+                file=sys.stderr,
+            )
     for utterance in utterances:  # said, not silently left empty
         if utterance.error is None and not utterance.segments:
             # a short recording without a frame above silence_db (or shorter than
@@ -266,13 +282,17 @@ def _set_up(args: argparse.Namespace) -> _Setup:
     except CheckpointError as error:
         raise _UsageError(str(error)) from None
     language_model = _load_language_model(args, model, tokenizer, device)
-    decode_texts = model_decoder(model, tokenizer, options, language_model, device)
+    if args.words and not supports_word_times(tokenizer):
+        raise _UsageError(
+            "--words needs a character or sentencepiece model; this one spells words from phones"
+        )
+    decode_texts = model_decoder(model, tokenizer, options, language_model, device, bool(args.words))
     max_segment_seconds = args.max_segment_seconds
     if max_segment_seconds is None:
         valid = isinstance(max_utterance_seconds, (int, float)) and max_utterance_seconds > 0
         max_segment_seconds = float(max_utterance_seconds) if valid else DEFAULT_MAX_SEGMENT_SECONDS
     # Checked now, so that an unwritable path fails before the decoding, not after it.
-    for path in (args.output, args.segments, args.scores):
+    for path in (args.output, args.segments, args.scores, args.words):
         if path:
             _check_can_write(path)
     return _Setup(
@@ -282,6 +302,7 @@ def _set_up(args: argparse.Namespace) -> _Setup:
         output=args.output,
         segments=args.segments,
         scores=args.scores,
+        words=args.words,
     )
 
 
@@ -409,6 +430,15 @@ def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
             for segment, text in zip(utterance.segments, utterance.texts, strict=True)
         ]
         written = _write_file(setup.segments, segment_lines, "segment times")
+    if setup.words is not None:
+        word_lines = [
+            f"{utterance.id}\t{word.start:.2f}\t{word.end:.2f}\t{word.word}\n"
+            for utterance in done
+            for index, words in enumerate(utterance.words)
+            if utterance.texts[index]  # not a text --min-avg-logprob emptied
+            for word in words or []
+        ]
+        written = _write_file(setup.words, word_lines, "word times") and written
     if setup.scores is not None:
         score_lines = [f"{utterance.id}\t{_format_score(utterance.avg_logprob)}\n" for utterance in done]
         written = _write_file(setup.scores, score_lines, "scores") and written
