@@ -210,13 +210,19 @@ class AudioCache:
         recording = getattr(cut, "recording", None)
         if recording is None:
             return None
-        # lhotse's perturb_speed renames the recording (id + "_sp0.9") and keeps its sources
-        recording_id, factor = recording.id, 1.0
+        # lhotse's perturb_speed and perturb_volume rename the recording (id + "_sp0.9", "_vp0.5")
+        # and keep their sources
+        recording_id, factor, gain = recording.id, 1.0, 1.0
         for transform in reversed(recording.transforms or []):
-            if type(transform).__name__ != "Speed":
+            kind = type(transform).__name__
+            if kind == "Speed":
+                recording_id = recording_id.removesuffix(f"_sp{transform.factor}")
+                factor *= transform.factor
+            elif kind == "Volume":
+                recording_id = recording_id.removesuffix(f"_vp{transform.factor}")
+                gain *= transform.factor
+            else:
                 return None
-            recording_id = recording_id.removesuffix(f"_sp{transform.factor}")
-            factor *= transform.factor
         if recording_id not in self.sample_rate:
             return None
         key = (recording_id, round(factor, 6))
@@ -227,7 +233,8 @@ class AudioCache:
             self.audio[key] = torchaudio.functional.resample(original, round(rate * factor), rate).numpy()
         rate = self.sample_rate[recording_id]
         start = round(cut.start * rate)
-        return self.audio[key][start : start + round(cut.duration * rate)]
+        clip = self.audio[key][start : start + round(cut.duration * rate)]
+        return clip if gain == 1.0 else clip * np.float32(gain)
 
     def render(self, cut) -> tuple[np.ndarray, int] | None:
         """(samples, sample rate) of a cached MonoCut or MixedCut, or None."""

@@ -95,6 +95,28 @@ def test_speed_per_digit_draws_a_factor_for_every_digit_and_renders_like_lhotse(
     torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
 
 
+def test_level_jitter_gives_each_digit_its_own_gain_and_renders_like_lhotse(clips, tokenizer):
+    train, _ = split_clips(clips)
+    config = StringConfig(min_digits=5, max_digits=5, speed_factors=(0.9, 1.0), level_jitter_db=10.0)
+    strings = make_strings(train, 8, config, seed=3, prefix="s")
+
+    def gains_db(cut) -> list[float]:
+        return [20 * np.log10(float(t.cut.id.rsplit("_vp", 1)[1])) for t in cut.tracks if t.cut.supervisions]
+
+    gains = [gain for cut in strings for gain in gains_db(cut)]
+    assert len(gains) == 40 and all(-10.0 - 1e-3 <= gain <= 10.0 + 1e-3 for gain in gains)
+    assert max(gains) - min(gains) > 10  # spread over the range, a gain per digit
+    plain_config = StringConfig(min_digits=5, max_digits=5, speed_factors=(0.9, 1.0))
+    assert all(
+        "_vp" not in t.cut.id for cut in make_strings(train, 8, plain_config, 3, "s") for t in cut.tracks
+    )
+    cache = AudioCache(train)
+    assert all(cache.render(cut) is not None for cut in strings)
+    cached = SpeechDataset(tokenizer, 8000, cache=cache)[strings]
+    plain = SpeechDataset(tokenizer, 8000)[strings]
+    torch.testing.assert_close(cached.waves, plain.waves, rtol=0, atol=1e-6)
+
+
 def test_bare_edges_start_and_end_strings_on_the_speech(clips):
     """bare_edge_probability 1: the first digit starts at 0 s and the last one ends the string, as
     in FSDD's own clips; with 0 (the default) nearly every string has silence before its first digit."""

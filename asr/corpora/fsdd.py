@@ -48,6 +48,10 @@ class StringConfig:
     # lean on who is speaking (one voice per string, and each voice on its own equipment) to
     # decide what is said
     mixed_speaker_probability: float = 0.0
+    # each digit's level changed by its own gain, drawn from +-this many dB: within one recording a
+    # speaker moves or another one speaks at another level, which a model trained on strings of even
+    # level misheard (recipes/digits/README.md, "Word times")
+    level_jitter_db: float = 0.0
 
 
 def fsdd_clips(fsdd_dir: str | Path) -> CutSet:
@@ -115,6 +119,9 @@ def join_clips(chosen: list, rng: random.Random, config: StringConfig, cut_id: s
     else:
         speeds = [rng.choice(config.speed_factors)] * len(chosen)
     chosen = [c.perturb_speed(speed) if speed != 1.0 else c for c, speed in zip(chosen, speeds, strict=True)]
+    if config.level_jitter_db > 0:
+        jitter = config.level_jitter_db
+        chosen = [c.perturb_volume(round(10 ** (rng.uniform(-jitter, jitter) / 20), 4)) for c in chosen]
     string = chosen[0].pad(duration=chosen[0].duration + _edge_silence(rng, config), direction="left")
     for clip in chosen[1:]:
         string = string.pad(duration=string.duration + rng.uniform(config.min_pause, config.max_pause))
