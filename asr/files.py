@@ -12,6 +12,7 @@ written in place; a symbolic link keeps pointing where it did, and its target is
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,19 @@ def check_can_write(path: str | os.PathLike) -> None:
         return
     with tempfile.TemporaryFile(dir=Path(os.path.realpath(path)).parent):
         pass
+
+
+def write_stdout(lines: list[str], program: str) -> bool:
+    """Write `lines` to stdout; False, after one line on stderr, when it cannot be written (a full
+    disk). A reader that left (`... | head`) is not an error. Either way stdout then points at
+    /dev/null, so that Python's flush at exit raises no second error."""
+    try:
+        sys.stdout.writelines(lines)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as error:
+        print(f"{program}: error: cannot write to stdout ({error.strerror or error})", file=sys.stderr)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
+    return True

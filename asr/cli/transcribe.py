@@ -15,7 +15,6 @@ transcripts go to stdout instead, so that a long decoding is not lost.
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint, load_model
 from asr.decoding import DecodingOptions
 from asr.dehum import HumConfig
 from asr.distributed import DeviceError, resolve_device
-from asr.files import atomic_write, check_can_write
+from asr.files import atomic_write, check_can_write, write_stdout
 from asr.segmentation import SegmentationConfig
 from asr.transcription import (
     DecodeFunction,
@@ -421,7 +420,7 @@ def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
     the file is then left as it was, and the transcripts go to stdout instead of a failed --output.
     """
     done = [utterance for utterance in utterances if utterance.error is None]
-    lines = [f"{utterance.id}\t{utterance.text}\n" for utterance in done]
+    lines = _transcript_lines(done)
     written = True
     if setup.segments is not None:
         segment_lines = [
@@ -446,7 +445,7 @@ def _write_results(utterances: list[Utterance], setup: _Setup) -> bool:
         if _write_file(setup.output, lines, "transcripts", "on stdout"):
             return written
         written = False
-    return _write_stdout(lines) and written
+    return write_stdout(lines, PROGRAM) and written
 
 
 def _format_score(avg_logprob: float | None) -> str:
@@ -466,10 +465,10 @@ def _interrupted(utterances: list[Utterance], setup: _Setup | None) -> int:
             f"{PROGRAM}: interrupted before any recording was transcribed; nothing written", file=sys.stderr
         )
         return 130
-    lines = [f"{utterance.id}\t{utterance.text}\n" for utterance in done]
+    lines = _transcript_lines(done)
     count = f"the {len(done)} of {len(utterances)} recordings transcribed so far"
     if setup.output is None:
-        if _write_stdout(lines):
+        if write_stdout(lines, PROGRAM):
             print(f"{PROGRAM}: interrupted; {count} are written above", file=sys.stderr)
     elif _write_file(f"{setup.output}.partial", lines, "transcripts so far"):
         print(
@@ -477,6 +476,10 @@ def _interrupted(utterances: list[Utterance], setup: _Setup | None) -> int:
             file=sys.stderr,
         )
     return 130
+
+
+def _transcript_lines(utterances: list[Utterance]) -> list[str]:
+    return [f"{utterance.id}\t{utterance.text}\n" for utterance in utterances]
 
 
 def _write_file(path: str, lines: list[str], what: str, instead: str = "") -> bool:
@@ -490,19 +493,6 @@ def _write_file(path: str, lines: list[str], what: str, instead: str = "") -> bo
             f"the file is as it was{where}",
             file=sys.stderr,
         )
-        return False
-    return True
-
-
-def _write_stdout(lines: list[str]) -> bool:
-    try:
-        sys.stdout.writelines(lines)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `asr-transcribe ... | head`: the reader left, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as error:
-        print(f"{PROGRAM}: error: cannot write to stdout ({error.strerror or error})", file=sys.stderr)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return False
     return True
 

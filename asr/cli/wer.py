@@ -5,11 +5,10 @@ Prints Kaldi's three summary lines (%WER, %CER, %SER), computed on normalised te
 """
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-from asr.files import atomic_write
+from asr.files import atomic_write, write_stdout
 from asr.metrics import (
     ErrorCounts,
     char_errors,
@@ -76,15 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        print(kaldi_summary(word_counts, "WER"))
-        print(kaldi_summary(char_errors(reference_texts, hypothesis_texts), "CER"))
-        print(kaldi_sentence_summary(word_counts), flush=True)
-    except BrokenPipeError:  # `asr-wer ... | head -1`: the reader left, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as error:  # stdout on a full disk
-        print(f"asr-wer: error: cannot write to stdout ({error.strerror or error})", file=sys.stderr)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    summary = [
+        kaldi_summary(word_counts, "WER"),
+        kaldi_summary(char_errors(reference_texts, hypothesis_texts), "CER"),
+        kaldi_sentence_summary(word_counts),
+    ]
+    if not write_stdout([f"{line}\n" for line in summary], "asr-wer"):
         return 1
 
     if args.details is not None:
