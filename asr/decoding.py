@@ -41,6 +41,7 @@ __all__ = [
     "DecodingOptions",
     "Hypothesis",
     "acoustic_log_probability",
+    "per_step",
     "decode",
     "search",
 ]
@@ -115,6 +116,13 @@ def acoustic_log_probability(hypothesis: Hypothesis, ctc_weight: float) -> tuple
     if hypothesis.ctc_score is not None:
         score = (1 - ctc_weight) * score + ctc_weight * hypothesis.ctc_score
     return score, len(hypothesis.tokens) + 1
+
+
+def per_step(scores: list[tuple[float, int]]) -> float | None:
+    """(log-probability, steps) pairs of a recording's segments -> its log-probability per step,
+    segments weighted by their steps; None without a step (nothing decoded)."""
+    steps = sum(count for _, count in scores)
+    return sum(score for score, _ in scores) / steps if steps else None
 
 
 def search(

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from asr.decoding import DecodingOptions, Hypothesis, acoustic_log_probability, decode, hypothesis_text
+from asr.decoding import (
+    DecodingOptions,
+    Hypothesis,
+    acoustic_log_probability,
+    decode,
+    hypothesis_text,
+    per_step,
+)
 from asr.dehum import HumConfig
 from asr.diagnostics import (
     DEFINITIONS,
@@ -170,7 +177,6 @@ def score_utterances(
     ):
         attention = block_diagonal([hypothesis.attention.numpy() for hypothesis in found])
         tokens = [label for h in found for label in [*(tokenizer.symbols[i] for i in h.tokens), EOS_LABEL]]
-        scores = [acoustic_log_probability(h, ctc_weight) for h in found]
         results.append(
             UtteranceResult(
                 id=utterance.id,
@@ -183,7 +189,7 @@ def score_utterances(
                 word_errors=counts,
                 char_errors=char_errors([reference], [text]),
                 diagnostics=utterance_diagnostics([h.attention for h in found], text, reference, stuck_steps),
-                avg_logprob=sum(score for score, _ in scores) / sum(steps for _, steps in scores),
+                avg_logprob=per_step([acoustic_log_probability(h, ctc_weight) for h in found]),
             )
         )
     return results

@@ -156,8 +156,9 @@ class Utterance:
     def avg_logprob(self) -> float | None:
         """The acoustic log-probability per step over all decoded segments (Whisper's avg_logprob);
         None when nothing was decoded (no speech)."""
-        steps = sum(count for _, count in self.scores)
-        return sum(score for score, _ in self.scores) / steps if steps else None
+        from asr.decoding import per_step  # the search, imported where it is used
+
+        return per_step(self.scores)
 
 
 @dataclass(frozen=True)
